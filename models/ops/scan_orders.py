@@ -1,0 +1,75 @@
+"""Scan orders: how a 2-D map is serialised into a 1-D sequence for the selective scan.
+
+An order is a permutation ``perm`` of the raster (row-major, W fastest) positions of an
+H×W map: ``seq[i] = x_raster[perm[i]]``. Its inverse ``inv`` maps the sequence back,
+``x_raster[j] = seq[inv[j]]``. Index tables are pure functions of (name, H, W) and are
+cached per (name, H, W, device).
+
+VMamba's SS2D cross-scan (MTMamba Eqs. 13-15, MODELS.md §0.3) reads the map in the four
+orders of ``SS2D_ORDERS``: raster, transposed (column-major), and both reversed.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Sequence
+
+import torch
+
+__all__ = ["SCAN_ORDERS", "SS2D_ORDERS", "scan_order", "cross_scan", "cross_merge"]
+
+
+def _raster(h: int, w: int) -> torch.Tensor:
+    return torch.arange(h * w)
+
+
+def _transposed(h: int, w: int) -> torch.Tensor:
+    # column-major: W slowest, H fastest
+    return torch.arange(h * w).view(h, w).t().reshape(-1)
+
+
+SCAN_ORDERS: dict[str, Callable[[int, int], torch.Tensor]] = {
+    "raster": _raster,
+    "transposed": _transposed,
+    "raster_rev": lambda h, w: _raster(h, w).flip(0),
+    "transposed_rev": lambda h, w: _transposed(h, w).flip(0),
+}
+SS2D_ORDERS: tuple[str, ...] = ("raster", "transposed", "raster_rev", "transposed_rev")
+
+
+@lru_cache(maxsize=None)
+def _order_cpu(name: str, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if name not in SCAN_ORDERS:
+        raise KeyError(f"unknown scan order {name!r}; valid orders: {sorted(SCAN_ORDERS)}")
+    perm = SCAN_ORDERS[name](h, w)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(h * w)
+    return perm, inv
+
+
+@lru_cache(maxsize=None)
+def _stacked(names: tuple[str, ...], h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    perms, invs = zip(*(_order_cpu(n, h, w) for n in names))
+    return torch.stack(perms).to(device), torch.stack(invs).to(device)
+
+
+def scan_order(name: str, h: int, w: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(perm, inv)``, each a (H·W,) int64 tensor on ``device``."""
+    perm, inv = _stacked((name,), h, w, torch.device(device))
+    return perm[0], inv[0]
+
+
+def cross_scan(x: torch.Tensor, orders: Sequence[str] = SS2D_ORDERS) -> torch.Tensor:
+    """Serialise a map in every order: (B, D, H, W) -> (B, K, D, L), K = len(orders), L = H·W."""
+    b, d, h, w = x.shape
+    perm, _ = _stacked(tuple(orders), h, w, x.device)         # (K, L)
+    k, length = perm.shape
+    flat = x.reshape(b, 1, d, length).expand(b, k, d, length)  # (B, K, D, L) raster, a view
+    return torch.gather(flat, 3, perm.view(1, k, 1, length).expand(b, k, d, length))
+
+
+def cross_merge(y: torch.Tensor, h: int, w: int, orders: Sequence[str] = SS2D_ORDERS) -> torch.Tensor:
+    """Map every sequence back to raster order and sum over K: (B, K, D, L) -> (B, D, H, W)."""
+    b, k, d, _ = y.shape
+    _, inv = _stacked(tuple(orders), h, w, y.device)           # (K, L)
+    out = torch.gather(y, 3, inv.view(1, k, 1, -1).expand(b, k, d, -1))
+    return out.sum(dim=1).view(b, d, h, w)

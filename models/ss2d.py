@@ -1,0 +1,141 @@
+"""SS2D: the 2-D selective-scan layer, and the Mamba feature extractor (MFE) built from it.
+
+MTMamba (Lin et al., ECCV 2024) Eqs. 13-18 for the STM block; the cross-scan follows VMamba
+(Liu et al., 2024, https://github.com/MzeroMiko/VMamba, SS2D ``forward_corev0``). This is the
+single place of the SSM parameters and their initialisation (MODELS.md §0.2-§0.3).
+
+Parameter names (``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``, ``Ds``,
+``in_proj``, ``conv2d``, ``out_norm``, ``out_proj``) follow the official code so that released
+checkpoints map one to one. The x/dt projections are stacked per direction and applied with
+``einsum``, as in the official code; this also keeps the FLOP count of the paper's convention.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .ops.scan_orders import SS2D_ORDERS, cross_merge, cross_scan
+from .ops.selective_scan import selective_scan
+
+__all__ = ["SS2D"]
+
+
+class SS2D(nn.Module):
+    """2-D selective scan over K scan orders, on channels-last maps.
+
+    ``x (B, H, W, in_dim) -> in_proj -> DWConv3x3 + SiLU -> cross-scan -> S6 -> cross-merge
+    -> out_norm [-> ⊙ SiLU(z)] [-> out_proj]``.
+
+    With ``gate`` and ``out_proj`` this is the MFE, gate and output Linear of the STM block
+    (Eqs. 13-18); without them it is the bare MFE used inside the CTM block (Eqs. 19-25).
+
+    Args:
+        d_model: block width C. Sets d_inner = ssm_ratio·C, dt_rank = ceil(C/16) and the output width.
+        in_dim: input width of ``in_proj`` (default C; T·C for the shared MFE of the CTM block).
+        d_state: SSM state size N.
+        ssm_ratio: expansion d_inner / C.
+        dt_rank: rank R of the Δ projection, or "auto" for ceil(C/16).
+        d_conv: depthwise convolution kernel size.
+        gate: split ``in_proj`` into (x, z) and multiply the output by SiLU(z) (Eq. 16).
+        out_proj: project d_inner back to C with a bias-free Linear (Eq. 17).
+        orders: scan orders (K = len(orders)).
+        dt_min, dt_max, dt_init_floor, dt_scale: Δ initialisation (Mamba, S4D).
+        scan_backend: backend of :func:`selective_scan` ("auto", "cuda", "torch", "reference").
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        in_dim: int | None = None,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        gate: bool = True,
+        out_proj: bool = True,
+        orders: Sequence[str] = SS2D_ORDERS,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        dt_scale: float = 1.0,
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_inner = int(ssm_ratio * d_model)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.orders = tuple(orders)
+        self.gate = gate
+        self.scan_backend = scan_backend
+        k, di, n, r = len(self.orders), self.d_inner, d_state, self.dt_rank
+
+        self.in_proj = nn.Linear(in_dim or d_model, di * (2 if gate else 1), bias=False)
+        self.conv2d = nn.Conv2d(di, di, d_conv, padding=(d_conv - 1) // 2, groups=di, bias=True)
+        # per-direction projections, stacked: x -> (Δ_low_rank, B, C) and Δ_low_rank -> Δ
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, di))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, di, r))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, di))
+        self.A_logs = nn.Parameter(torch.empty(k * di, n))
+        self.Ds = nn.Parameter(torch.empty(k * di))
+        self.out_norm = nn.LayerNorm(di)
+        self.out_proj = nn.Linear(di, d_model, bias=False) if out_proj else None
+        self.reset_parameters(dt_min, dt_max, dt_init_floor, dt_scale)
+
+    @torch.no_grad()
+    def reset_parameters(self, dt_min: float, dt_max: float, dt_init_floor: float, dt_scale: float) -> None:
+        """The official SSM initialisation (MODELS.md §0.2). Linear/conv layers keep PyTorch defaults."""
+        k, di, r = self.x_proj_weight.shape[0], self.d_inner, self.dt_rank
+        # x_proj: nn.Linear(d_inner, R + 2N) default init, one per direction
+        bound = 1 / math.sqrt(di)
+        self.x_proj_weight.uniform_(-bound, bound)
+        # dt_proj weight ("random" init): U(-R^-1/2, R^-1/2) · dt_scale
+        std = r ** -0.5 * dt_scale
+        self.dt_projs_weight.uniform_(-std, std)
+        # dt_proj bias: softplus(bias) = dt ~ log-uniform in [dt_min, dt_max], floored at dt_init_floor
+        dt = torch.exp(torch.rand(k, di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        # S4D-real: A[d, n] = -(n + 1); stored as log
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(k * di, 1)
+        self.A_logs.copy_(torch.log(a))
+        self.Ds.fill_(1.0)
+        for p in (self.A_logs, self.Ds):
+            p._no_weight_decay = True
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """The 2-D selective scan: (B, d_inner, H, W) -> (B, H, W, d_inner), before out_norm."""
+        b, d, h, w = x.shape
+        k, length = len(self.orders), h * w
+        xs = cross_scan(x, self.orders)                                            # (B, K, D, L)
+        x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs, self.x_proj_weight)  # (B, K, R+2N, L)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("b k r l, k d r -> b k d l", dts, self.dt_projs_weight)  # (B, K, D, L)
+        y = selective_scan(
+            xs.reshape(b, k * d, length).float(),
+            dts.reshape(b, k * d, length).float(),
+            -torch.exp(self.A_logs.float()),                                       # (K·D, N)
+            bs.float(),                                                            # (B, K, N, L): group k
+            cs.float(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        ).view(b, k, d, length)
+        return cross_merge(y, h, w, self.orders).permute(0, 2, 3, 1).to(x.dtype)    # (B, H, W, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, in_dim) -> (B, H, W, C) with out_proj, else (B, H, W, d_inner)."""
+        x = self.in_proj(x)
+        if self.gate:
+            x, z = x.chunk(2, dim=-1)                                              # MFE branch, gate branch
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))                             # (B, D, H, W)
+        y = self.out_norm(self.scan(x))                                            # (B, H, W, D)
+        if self.gate:
+            y = y * F.silu(z)                                                      # Eq. 16: σ = SiLU
+        return self.out_proj(y) if self.out_proj is not None else y
