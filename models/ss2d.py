@@ -24,6 +24,11 @@ from .ops.selective_scan import selective_scan
 __all__ = ["SS2D"]
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """The scan runs in fp32, as in the official code (float64 passes through, for reference checks)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 class SS2D(nn.Module):
     """2-D selective scan over K scan orders, on channels-last maps.
 
@@ -117,13 +122,13 @@ class SS2D(nn.Module):
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("b k r l, k d r -> b k d l", dts, self.dt_projs_weight)  # (B, K, D, L)
         y = selective_scan(
-            xs.reshape(b, k * d, length).float(),
-            dts.reshape(b, k * d, length).float(),
-            -torch.exp(self.A_logs.float()),                                       # (K·D, N)
-            bs.float(),                                                            # (B, K, N, L): group k
-            cs.float(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            _fp32(xs.reshape(b, k * d, length)),
+            _fp32(dts.reshape(b, k * d, length)),
+            -torch.exp(_fp32(self.A_logs)),                                        # (K·D, N)
+            _fp32(bs),                                                             # (B, K, N, L): group k
+            _fp32(cs),
+            _fp32(self.Ds),
+            delta_bias=_fp32(self.dt_projs_bias.reshape(-1)),
             delta_softplus=True,
             backend=self.scan_backend,
         ).view(b, k, d, length)
