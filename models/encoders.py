@@ -382,15 +382,20 @@ def mmseg_to_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     same way (PERFORMANCE.md §1.4). Keys without a mmseg-specific name (``norm0``, ``norm``, buffers) pass
     through unchanged.
     """
+    return _convert_state_dict(state_dict, _MMSEG_TO_ORIGINAL, _merge_channels_mmseg_to_original)
+
+
+def _convert_state_dict(state_dict: Mapping[str, torch.Tensor], rules, permute_merge) -> dict[str, torch.Tensor]:
+    """Rename every key by the ``(pattern, replacement)`` rules, in order; permute PatchMerging tensors."""
     out = {}
     for k, v in state_dict.items():
         new_k = k
-        for pattern, repl in _MMSEG_TO_ORIGINAL:
+        for pattern, repl in rules:
             new_k = pattern.sub(repl, new_k)
         if _MERGE_KEY.search(k):
             if v.shape[-1] % 4:
                 raise ValueError(f"{k}: PatchMerging tensor of shape {tuple(v.shape)}, last axis not 4·C")
-            v = _merge_channels_mmseg_to_original(v)
+            v = permute_merge(v)
         out[new_k] = v
     return out
 
@@ -412,15 +417,7 @@ def timm_to_mmseg_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str
     Pass the persistent ``relative_position_index`` buffers along to get mmseg's full key set, which loads
     strictly into mmseg's SwinTransformer (mmseg stores them; both compute the same index).
     """
-    out = {}
-    for k, v in state_dict.items():
-        new_k = k
-        for pattern, repl in _TIMM_TO_MMSEG:
-            new_k = pattern.sub(repl, new_k)
-        if _MERGE_KEY.search(k):
-            v = _merge_channels_original_to_mmseg(v)
-        out[new_k] = v
-    return out
+    return _convert_state_dict(state_dict, _TIMM_TO_MMSEG, _merge_channels_original_to_mmseg)
 
 
 def _check_state_dict(expected: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor],
