@@ -7,6 +7,7 @@ All blocks take and return channels-last maps (B, H, W, C).
 - ``STM``: self-task Mamba block, MTMamba Eqs. 13-18 (a VMamba VSS block without MLP).
 - ``CTM``: cross-task Mamba block, MTMamba Eqs. 19-25, with the gate convention of the
   official code (MODELS.md §1.4).
+- ``swin_block``: a standard Swin block (timm), for the "2×Swin" decoder of MTMamba Table 2.
 """
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
+from timm.models.swin_transformer import SwinTransformerBlock
 
 from .ss2d import SS2D
 
-__all__ = ["PatchExpand", "STM", "CTM"]
+__all__ = ["PatchExpand", "STM", "CTM", "CTM_FUSIONS", "swin_block"]
+
+CTM_FUSIONS = ("adaptive", "task_only", "shared_only")
 
 
 class PatchExpand(nn.Module):
@@ -81,34 +85,67 @@ class CTM(nn.Module):
     here, applies g to the shared feature. The two are reparametrisations of each other
     (σ(−a) = 1 − σ(a)), but the meaning of "g = 0" / "g = 1" in Table 5 flips.
 
+    ``fusion`` (MTMamba Table 5): "adaptive" is the learned gate; "task_only" uses the task branch alone
+    (the paper's g = 1, code g = 0) and "shared_only" the shared branch alone (the paper's g = 0, code
+    g = 1). A fixed fusion builds only the branch it uses, so every parameter receives a gradient.
+
     Args:
         dim: width C of every task feature.
         tasks: task names, in the order of the shared concatenation.
         drop_path: stochastic-depth rate of the residual branches.
+        fusion: "adaptive", "task_only" or "shared_only".
         ssm_kwargs: passed to every :class:`SS2D` (d_state, ssm_ratio, dt_rank, scan_backend, ...).
     """
 
-    def __init__(self, dim: int, tasks: Sequence[str], drop_path: float = 0.0, **ssm_kwargs) -> None:
+    def __init__(self, dim: int, tasks: Sequence[str], drop_path: float = 0.0, fusion: str = "adaptive",
+                 **ssm_kwargs) -> None:
         super().__init__()
-        self.tasks = list(tasks)
+        if fusion not in CTM_FUSIONS:
+            raise ValueError(f"CTM fusion {fusion!r} is not valid; valid: {list(CTM_FUSIONS)}")
+        self.tasks, self.fusion = list(tasks), fusion
         n_tasks, inner = len(self.tasks), int(ssm_kwargs.get("ssm_ratio", 2.0) * dim)
         mfe = dict(gate=False, out_proj=False, **ssm_kwargs)
-        self.norm_shared = nn.LayerNorm(n_tasks * dim)
-        self.mfe_shared = SS2D(dim, in_dim=n_tasks * dim, **mfe)
-        self.norm = nn.ModuleDict({t: nn.LayerNorm(dim) for t in self.tasks})
-        self.mfe = nn.ModuleDict({t: SS2D(dim, **mfe) for t in self.tasks})
-        self.gate = nn.ModuleDict({t: nn.Linear(dim, inner, bias=False) for t in self.tasks})
+        if fusion != "task_only":
+            self.norm_shared = nn.LayerNorm(n_tasks * dim)
+            self.mfe_shared = SS2D(dim, in_dim=n_tasks * dim, **mfe)
+        if fusion != "shared_only":
+            self.norm = nn.ModuleDict({t: nn.LayerNorm(dim) for t in self.tasks})
+            self.mfe = nn.ModuleDict({t: SS2D(dim, **mfe) for t in self.tasks})
+        if fusion == "adaptive":
+            self.gate = nn.ModuleDict({t: nn.Linear(dim, inner, bias=False) for t in self.tasks})
         self.out_proj = nn.ModuleDict({t: nn.Linear(inner, dim, bias=False) for t in self.tasks})
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        shared = self.norm_shared(torch.cat([z[t] for t in self.tasks], dim=-1))  # (B, H, W, T·C)
-        x_sh = self.mfe_shared(shared)                                          # shared MFE: (B, H, W, 2C)
+        if self.fusion != "task_only":
+            shared = self.norm_shared(torch.cat([z[t] for t in self.tasks], dim=-1))  # (B, H, W, T·C)
+            x_sh = self.mfe_shared(shared)                                          # shared MFE: (B, H, W, 2C)
         out = {}
         for t in self.tasks:
-            a = self.norm[t](z[t])                                              # (B, H, W, C)
-            x_t = self.mfe[t](a)                                                # task MFE: (B, H, W, 2C)
-            g = torch.sigmoid(self.gate[t](a))                                  # task gate
-            m = g * x_sh + (1 - g) * x_t                                        # Eq. 24, NOTE(code≠paper) above
+            if self.fusion == "shared_only":
+                m = x_sh
+            else:
+                a = self.norm[t](z[t])                                              # (B, H, W, C)
+                x_t = self.mfe[t](a)                                                # task MFE: (B, H, W, 2C)
+                if self.fusion == "task_only":
+                    m = x_t
+                else:
+                    g = torch.sigmoid(self.gate[t](a))                              # task gate
+                    m = g * x_sh + (1 - g) * x_t                                    # Eq. 24, NOTE(code≠paper) above
             out[t] = z[t] + self.drop_path(self.out_proj[t](m))
         return out
+
+
+def swin_block(dim: int, input_resolution: tuple[int, int], shift: bool, drop_path: float = 0.0,
+               window_size: int = 12, head_dim: int = 32, mlp_ratio: float = 4.0) -> SwinTransformerBlock:
+    """A standard (timm) Swin block on (B, H, W, C) maps: W-MSA (shifted by window/2 when ``shift``) + MLP.
+
+    The decoder of MTMamba Table 2's "2×Swin" rows: window 12, C/32 heads, MLP ratio 4; maps that are not
+    window multiples are padded per block. The attention keeps timm's explicit q·kᵀ path so that the
+    FLOP counter sees its matmuls.
+    """
+    block = SwinTransformerBlock(dim, input_resolution, num_heads=dim // head_dim, window_size=window_size,
+                                 shift_size=window_size // 2 if shift else 0, dynamic_mask=True,
+                                 mlp_ratio=mlp_ratio, drop_path=drop_path)
+    block.attn.fused_attn = False
+    return block

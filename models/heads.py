@@ -1,7 +1,7 @@
 """Task heads and the multi-task model wrapper (MTMamba Eqs. 27-29)."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -49,7 +49,11 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, H, W) -> ``{task: (B, n_t, H, W)}`` logits."""
-        features = self.decoder(self.encoder(image))
+        return self.decode(self.encoder(image), image.shape[-2:])
+
+    def decode(self, features: list[torch.Tensor], size: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Encoder features -> ``{task: (B, n_t, *size)}`` logits."""
+        x = self.decoder(features)
         # The official model always interpolates, an identity when H and W are multiples of 32.
-        return {t: F.interpolate(head(features[t]), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return {t: F.interpolate(head(x[t]), size=tuple(size), mode="bilinear", align_corners=False)
                 for t, head in self.heads.items()}

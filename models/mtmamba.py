@@ -2,7 +2,9 @@
 (Lin et al., ECCV 2024, https://arxiv.org/abs/2407.02228).
 
 What this paper adds to the shared skeleton: a decoder stage made of task-specific STM blocks
-followed by one shared CTM block (Fig. 1), and the stochastic-depth schedule of the official code.
+followed by one shared CTM block (Fig. 1), the stochastic-depth schedule of the official code, and
+the switches of the paper's ablations (Tables 2, 5, 6): the number of task blocks, STM or Swin task
+blocks, with or without CTM, the CTM fusion, and the encoder size.
 """
 from __future__ import annotations
 
@@ -11,38 +13,51 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import CTM, STM
+from .blocks import CTM, STM, swin_block
 from .decoder import ThreeStageDecoder
 from .encoders import build_encoder
 from .heads import MultiTaskModel, TaskHead
 from .registry import register_model
 
-__all__ = ["MTMambaStage", "build_mtmamba"]
+__all__ = ["TASK_BLOCKS", "MTMambaStage", "build_mtmamba"]
+
+TASK_BLOCKS = ("mamba", "swin")
 
 
 class MTMambaStage(nn.Module):
-    """``n_stm`` STM blocks per task, then one CTM block shared by all tasks.
+    """``n_blocks`` task-specific blocks per task, then optionally one CTM block shared by all tasks.
 
     Args:
         dim: stage width C.
         tasks: task names.
-        drop_path: one rate per block, in order STM_1..STM_n then CTM.
-        n_stm: STM blocks per task.
+        drop_path: one rate per block, in order: task blocks 1..n, then the CTM.
+        n_blocks: task-specific blocks per task.
+        block: "mamba" (STM, the paper's model) or "swin" (the "2×Swin" rows of Table 2).
         ctm: whether the stage ends with a CTM block.
+        ctm_fusion: how the CTM mixes its shared and task branches (Table 5), see :class:`CTM`.
+        resolution: (H, W) of the stage's maps at the configured input size (Swin blocks' window clamping).
         ssm_kwargs: passed to every SS2D.
     """
 
-    def __init__(self, dim: int, tasks: Sequence[str], drop_path: Sequence[float], n_stm: int = 2,
-                 ctm: bool = True, **ssm_kwargs) -> None:
+    def __init__(self, dim: int, tasks: Sequence[str], drop_path: Sequence[float], n_blocks: int = 2,
+                 block: str = "mamba", ctm: bool = True, ctm_fusion: str = "adaptive",
+                 resolution: tuple[int, int] | None = None, **ssm_kwargs) -> None:
         super().__init__()
-        if len(drop_path) != n_stm + int(ctm):
-            raise ValueError(f"need {n_stm + int(ctm)} drop-path rates, got {len(drop_path)}")
-        self.stm = nn.ModuleDict({
-            t: nn.Sequential(*(STM(dim, drop_path[i], **ssm_kwargs) for i in range(n_stm))) for t in tasks})
-        self.ctm = CTM(dim, tasks, drop_path[-1], **ssm_kwargs) if ctm else None
+        if block not in TASK_BLOCKS:
+            raise ValueError(f"task block {block!r} is not valid; valid: {list(TASK_BLOCKS)}")
+        if len(drop_path) != n_blocks + int(ctm):
+            raise ValueError(f"need {n_blocks + int(ctm)} drop-path rates, got {len(drop_path)}")
+
+        def task_block(i: int) -> nn.Module:
+            if block == "mamba":
+                return STM(dim, drop_path[i], **ssm_kwargs)
+            return swin_block(dim, resolution, shift=i % 2 == 1, drop_path=drop_path[i])
+
+        self.task_blocks = nn.ModuleDict({t: nn.Sequential(*(task_block(i) for i in range(n_blocks))) for t in tasks})
+        self.ctm = CTM(dim, tasks, drop_path[-1], fusion=ctm_fusion, **ssm_kwargs) if ctm else None
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = {t: blocks(x[t]) for t, blocks in self.stm.items()}
+        x = {t: blocks(x[t]) for t, blocks in self.task_blocks.items()}
         return self.ctm(x) if self.ctm is not None else x
 
 
@@ -60,9 +75,11 @@ def build_mtmamba(cfg) -> MultiTaskModel:
                             drop_path_rate=m.encoder_drop_path_rate, **(m.get("backbone_kwargs") or {}))
     tasks = cfg.TASKS.NAMES
     widths = encoder.channels[::-1][1:]                          # 768, 384, 192 for Swin-L
+    resolutions = [(cfg.TRAIN.SCALE[0] // s, cfg.TRAIN.SCALE[1] // s) for s in encoder.strides[::-1][1:]]
     ssm = dict(d_state=m.d_state, ssm_ratio=m.ssm_ratio, dt_rank=m.dt_rank, scan_backend=m.scan_backend)
     rates = drop_path_schedule(m.drop_path_rate, len(widths), m.stm_blocks + int(m.ctm))
-    stages = [MTMambaStage(c, tasks, r, n_stm=m.stm_blocks, ctm=m.ctm, **ssm) for c, r in zip(widths, rates)]
+    stages = [MTMambaStage(c, tasks, r, n_blocks=m.stm_blocks, block=m.block, ctm=m.ctm, ctm_fusion=m.ctm_fusion,
+                           resolution=res, **ssm) for c, r, res in zip(widths, rates, resolutions)]
     decoder = ThreeStageDecoder(encoder.channels, tasks, stages)
     heads = {t: TaskHead(decoder.out_channels, cfg.TASKS.NUM_OUTPUT[t]) for t in tasks}
     return MultiTaskModel(encoder, decoder, heads)

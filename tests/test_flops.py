@@ -49,14 +49,14 @@ def test_scan_is_one_opaque_op_counted_by_its_handle():
 @pytest.mark.slow
 def test_model_stats_reproduces_the_paper(capsys):
     """MTMamba NYUD at 448×576: 307,999,137 params (307.99 M) and 540,815,086,944 FLOPs (540.81 G), Table 2."""
-    stats = model_stats.main(["--config_exp", "configs/mtmamba_nyud.yml"])
+    (stats,) = model_stats.main(["--config_exp", "configs/mtmamba_nyud.yml"])
     out = capsys.readouterr().out
     assert stats == {"params": 307_999_137, "flops": 540_815_086_944}
     assert "params: 307999137\n" in out and "gflops: 540.81\n" in out
 
 
 def test_model_stats_params_only(capsys):
-    stats = model_stats.main(["--config_exp", "configs/mtmamba_pascal.yml", "--params-only"])
+    (stats,) = model_stats.main(["--config_exp", "configs/mtmamba_pascal.yml", "--params-only"])
     out = capsys.readouterr().out
     assert stats == {"params": 335_858_326}
     assert "params: 335858326\n" in out and "gflops" not in out

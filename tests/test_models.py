@@ -115,7 +115,7 @@ def test_drop_path_schedule():
     assert [[round(r, 4) for r in s] for s in rates] == [[0.2, 0.175, 0.15], [0.125, 0.1, 0.075], [0.05, 0.025, 0.0]]
     model = build_on_meta("configs/mtmamba_nyud.yml")
     stage0 = model.decoder.stages[0]
-    assert stage0.stm["semseg"][0].drop_path.drop_prob == pytest.approx(0.2)
+    assert stage0.task_blocks["semseg"][0].drop_path.drop_prob == pytest.approx(0.2)
     assert stage0.ctm.drop_path.drop_prob == pytest.approx(0.15)
     assert isinstance(model.decoder.stages[2].ctm.drop_path, nn.Identity)
 

@@ -23,10 +23,8 @@ DATASET_TASKS: dict[str, dict[str, int]] = {
     "PASCALContext": {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1},
 }
 
-# model.* keys with a fixed set of values
+# model.* keys with a fixed set of values that are not defined by the model code
 MODEL_CHOICES: dict[str, tuple] = {
-    "swin_pad_mode": ("timm", "mmseg"),
-    "scan_backend": ("auto", "cuda", "torch", "reference"),
     "stm_blocks": (1, 2, 3),
     "ctm": (True, False),
 }
@@ -92,7 +90,14 @@ def _validate_model(cfg: dict) -> None:
     model = cfg.get("model")
     if not isinstance(model, dict):
         raise ConfigError("missing section 'model'")
-    for key, choices in MODEL_CHOICES.items():
+    from models.blocks import CTM_FUSIONS
+    from models.encoders import CUSTOM_ARCH, PAD_MODES, SWIN_VARIANTS
+    from models.mtmamba import TASK_BLOCKS
+    from models.ops.selective_scan import BACKENDS
+
+    choices_by_key = {**MODEL_CHOICES, "block": TASK_BLOCKS, "ctm_fusion": CTM_FUSIONS, "swin_pad_mode": PAD_MODES,
+                      "scan_backend": BACKENDS, "backbone": (*SWIN_VARIANTS, CUSTOM_ARCH)}
+    for key, choices in choices_by_key.items():
         if key in model and model[key] not in choices:
             raise ConfigError(f"model.{key}={model[key]!r} is not valid; valid: {list(choices)}")
 

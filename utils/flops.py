@@ -40,19 +40,58 @@ def scan_flops(inputs: list[Any], outputs: list[Any]) -> int:
     return 9 * b * length * d * n + b * d * length
 
 
-def count_flops(model: nn.Module, input_size: Sequence[int], compute_scans: bool = False) -> int:
-    """Total FLOPs (multiply-adds) of one forward pass on a (1, 3, H, W) input, in eval mode, on the CPU.
-
-    The scan op is counted by its handle from its input shapes, so by default it runs shape-only while
-    fvcore traces (:func:`shapes_only`); ``compute_scans=True`` runs the real op and gives the same count.
-    """
+def _fvcore_total(module: nn.Module, inputs: tuple, compute_scans: bool) -> int:
     from fvcore.nn import FlopCountAnalysis
 
-    model = model.eval()
-    analysis = FlopCountAnalysis(model, torch.zeros(1, 3, *input_size))
+    analysis = FlopCountAnalysis(module, inputs)
     for name in SCAN_FUNCTION_NAMES:
         analysis.set_op_handle(f"prim::PythonOp.{name}", scan_flops)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with torch.no_grad(), warnings.catch_warnings(), (contextlib.nullcontext() if compute_scans else shapes_only()):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)   # shape checks seen by the tracer
         return int(analysis.total())
+
+
+class _Decode(nn.Module):
+    """The model after its encoder, as a module fvcore can trace: features -> predictions."""
+
+    def __init__(self, model: nn.Module, size: Sequence[int]) -> None:
+        super().__init__()
+        self.model, self.size = model, tuple(size)
+
+    def forward(self, *features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.decode(list(features), self.size)
+
+
+_encoder_cache: dict[tuple, tuple[int, list[torch.Size]]] = {}
+
+
+def _encoder_flops(encoder: nn.Module, input_size: tuple[int, int], compute_scans: bool) -> tuple[int, list]:
+    """FLOPs and output shapes of the encoder, memoised per architecture and input size."""
+    key = (tuple((n, tuple(p.shape)) for n, p in encoder.named_parameters()),
+           tuple(type(m).__name__ for m in encoder.modules()), input_size)
+    if key not in _encoder_cache:
+        shapes = []
+        hook = encoder.register_forward_hook(lambda m, i, out: shapes.__setitem__(slice(None), [f.shape for f in out]))
+        try:
+            flops = _fvcore_total(encoder, (torch.zeros(1, 3, *input_size),), compute_scans)
+        finally:
+            hook.remove()
+        _encoder_cache[key] = (flops, shapes)
+    return _encoder_cache[key]
+
+
+def count_flops(model: nn.Module, input_size: Sequence[int], compute_scans: bool = False) -> int:
+    """Total FLOPs (multiply-adds) of one forward pass on a (1, 3, H, W) input, in eval mode, on the CPU.
+
+    The encoder and the rest are traced separately (their counts add up to the whole model's, since fvcore
+    counts op by op), and the encoder's count is memoised per architecture and size: the rows of an ablation
+    table share it. The scan op is counted by its handle from its input shapes, so by default it runs
+    shape-only while fvcore traces (:func:`shapes_only`); ``compute_scans=True`` runs the real op and gives
+    the same count.
+    """
+    model = model.eval()
+    size = tuple(input_size)
+    encoder_flops, shapes = _encoder_flops(model.encoder, size, compute_scans)
+    features = tuple(torch.zeros(s) for s in shapes)
+    return encoder_flops + _fvcore_total(_Decode(model, size), features, compute_scans)
