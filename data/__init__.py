@@ -1,0 +1,92 @@
+"""Datasets (NYUDv2, PASCAL-Context), transforms, collation and the DataLoader builder.
+
+Import-light: the dataset modules load only when :func:`build_dataloaders` or :func:`build_dataset` runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["DATASET_FOLDERS", "resolve_db_root", "build_dataset", "build_dataloaders", "seed_worker"]
+
+_logger = logging.getLogger(__name__)
+
+# train_db_name -> folder the archive extracts to (DATA.md §0)
+DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext"}
+
+
+def resolve_db_root(cfg: Any) -> Path:
+    """``cfg.db_root``, else ``$MTL_DATA_ROOT``; the folder that holds NYUDv2/ and PASCALContext/."""
+    root = cfg.get("db_root") or os.environ.get("MTL_DATA_ROOT")
+    if not root:
+        raise ValueError("no dataset root: set db_root in the config (or --opts db_root=/path) or the "
+                         "environment variable MTL_DATA_ROOT to the folder holding NYUDv2/ and PASCALContext/")
+    return Path(root).expanduser().resolve()
+
+
+def build_dataset(cfg: Any, split: str, transform: Optional[Any] = None):
+    """The dataset named by ``cfg.train_db_name`` for ``split`` with the tasks ``cfg.TASKS.NAMES``."""
+    name = cfg.train_db_name
+    if name not in DATASET_FOLDERS:
+        raise ValueError(f"train_db_name={name!r} is not supported; valid: {sorted(DATASET_FOLDERS)}")
+    root = resolve_db_root(cfg) / DATASET_FOLDERS[name]
+    tasks = list(cfg.TASKS.NAMES)
+    if name == "NYUD":
+        from data.nyud import NYUDv2
+        return NYUDv2(root, split, tasks, transform=transform)
+    from data.pascal_context import PASCALContext
+    return PASCALContext(root, split, tasks, transform=transform, parts_cache_dir=cfg.get("parts_cache_dir"))
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy, random and the dataset's transform generator from the worker's torch seed.
+
+    OpenCV is limited to one thread per worker so that workers do not oversubscribe the cores.
+    """
+    import cv2
+    import numpy as np
+    import torch
+    cv2.setNumThreads(1)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if hasattr(transform, "reseed"):
+        transform.reseed(seed)
+
+
+def build_dataloaders(cfg: Any, seed: Optional[int] = None):
+    """Train and val DataLoaders: (train_loader, val_loader).
+
+    Train: ``cfg.TRAIN.SCALE`` pipeline, batch ``cfg.trBatch``, shuffled, drop_last. Val: ``cfg.TEST.SCALE``
+    pipeline, batch ``cfg.valBatch``, in order. A DistributedSampler is used when torch.distributed is
+    initialised (the caller sets its epoch). Workers are seeded from ``seed`` (default ``cfg.seed`` or 0).
+    """
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from data.collate import collate_mil
+    from data.transforms import test_transforms, train_transforms
+
+    seed = int(cfg.get("seed", 0) if seed is None else seed)
+    train_set = build_dataset(cfg, "train", train_transforms(cfg.TRAIN.SCALE, seed=seed))
+    val_set = build_dataset(cfg, "val", test_transforms(cfg.TEST.SCALE))
+    distributed = dist.is_available() and dist.is_initialized()
+    train_sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=True) if distributed else None
+    val_sampler = DistributedSampler(val_set, shuffle=False) if distributed else None
+    generator = torch.Generator().manual_seed(seed)
+    workers = int(cfg.get("nworkers", 0))
+    common = dict(num_workers=workers, collate_fn=collate_mil, worker_init_fn=seed_worker,
+                  persistent_workers=False, pin_memory=torch.cuda.is_available())
+    train_loader = DataLoader(train_set, batch_size=int(cfg.trBatch), shuffle=train_sampler is None,
+                              sampler=train_sampler, drop_last=True, generator=generator, **common)
+    val_loader = DataLoader(val_set, batch_size=int(cfg.valBatch), shuffle=False, sampler=val_sampler,
+                            drop_last=False, **common)
+    _logger.info("data: %s train %d / val %d images, workers %d", cfg.train_db_name, len(train_set),
+                 len(val_set), workers)
+    return train_loader, val_loader
