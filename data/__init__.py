@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["DATASET_FOLDERS", "resolve_db_root", "build_dataset", "build_dataloaders", "seed_worker"]
+__all__ = ["DATASET_FOLDERS", "resolve_db_root", "build_dataset", "build_dataloaders", "seed_worker", "fork_safe_opencv"]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,12 +44,11 @@ def build_dataset(cfg: Any, split: str, transform: Optional[Any] = None):
 def seed_worker(worker_id: int) -> None:
     """Seed numpy, random and the dataset's transform generator from the worker's torch seed.
 
-    OpenCV is limited to one thread per worker so that workers do not oversubscribe the cores.
+    OpenCV must not be reconfigured here: its thread-pool calls can block forever in a forked worker. The
+    parent turns the pool off before forking (:func:`fork_safe_opencv`), so workers run OpenCV single-threaded.
     """
-    import cv2
     import numpy as np
     import torch
-    cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -57,6 +56,16 @@ def seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None) if info is not None else None
     if hasattr(transform, "reseed"):
         transform.reseed(seed)
+
+
+def fork_safe_opencv() -> None:
+    """Stop OpenCV's thread pool in this process before DataLoader workers are forked.
+
+    Forked workers inherit the pool's state, and a worker that touches an inherited pool (even to resize it)
+    can block forever. With the pool off, workers run OpenCV single-threaded and never oversubscribe the cores.
+    """
+    import cv2
+    cv2.setNumThreads(0)
 
 
 def build_dataloaders(cfg: Any, seed: Optional[int] = None):
@@ -81,6 +90,8 @@ def build_dataloaders(cfg: Any, seed: Optional[int] = None):
     val_sampler = DistributedSampler(val_set, shuffle=False) if distributed else None
     generator = torch.Generator().manual_seed(seed)
     workers = int(cfg.get("nworkers", 0))
+    if workers > 0:
+        fork_safe_opencv()
     common = dict(num_workers=workers, collate_fn=collate_mil, worker_init_fn=seed_worker,
                   persistent_workers=False, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_set, batch_size=int(cfg.trBatch), shuffle=train_sampler is None,

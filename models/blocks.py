@@ -7,7 +7,6 @@ All blocks take and return channels-last maps (B, H, W, C).
 - ``STM``: self-task Mamba block, MTMamba Eqs. 13-18 (a VMamba VSS block without MLP).
 - ``CTM``: cross-task Mamba block, MTMamba Eqs. 19-25, with the gate convention of the
   official code (MODELS.md §1.4).
-- ``swin_block``: a standard Swin block (timm), for the "2×Swin" decoder of MTMamba Table 2.
 """
 from __future__ import annotations
 
@@ -16,11 +15,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 from timm.layers import DropPath
-from timm.models.swin_transformer import SwinTransformerBlock
 
+from .attention import WindowMSA
 from .ss2d import SS2D
 
-__all__ = ["PatchExpand", "STM", "CTM", "CTM_FUSIONS", "swin_block"]
+__all__ = ["PatchExpand", "STM", "CTM", "CTM_FUSIONS"]
 
 CTM_FUSIONS = ("adaptive", "task_only", "shared_only")
 
@@ -94,11 +93,13 @@ class CTM(nn.Module):
         tasks: task names, in the order of the shared concatenation.
         drop_path: stochastic-depth rate of the residual branches.
         fusion: "adaptive", "task_only" or "shared_only".
-        ssm_kwargs: passed to every :class:`SS2D` (d_state, ssm_ratio, dt_rank, scan_backend, ...).
+        ssm_kwargs: passed to every :class:`SS2D` (d_state, ssm_ratio, dt_rank, scan_backend, mixer,
+            gate_mixer, wmsa_heads, ...); ``gate_mixer="wmsa"`` also puts a :class:`WindowMSA` before each task gate.
     """
 
     def __init__(self, dim: int, tasks: Sequence[str], drop_path: float = 0.0, fusion: str = "adaptive",
                  **ssm_kwargs) -> None:
+        gate_mixer, wmsa_heads = ssm_kwargs.get("gate_mixer", "linear"), ssm_kwargs.get("wmsa_heads", 6)
         super().__init__()
         if fusion not in CTM_FUSIONS:
             raise ValueError(f"CTM fusion {fusion!r} is not valid; valid: {list(CTM_FUSIONS)}")
@@ -113,6 +114,8 @@ class CTM(nn.Module):
             self.mfe = nn.ModuleDict({t: SS2D(dim, **mfe) for t in self.tasks})
         if fusion == "adaptive":
             self.gate = nn.ModuleDict({t: nn.Linear(dim, inner, bias=False) for t in self.tasks})
+            if gate_mixer == "wmsa":   # Table 4: the gate reads a window-attention view of its input
+                self.gate_attn = nn.ModuleDict({t: WindowMSA(dim, wmsa_heads) for t in self.tasks})
         self.out_proj = nn.ModuleDict({t: nn.Linear(inner, dim, bias=False) for t in self.tasks})
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -130,22 +133,8 @@ class CTM(nn.Module):
                 if self.fusion == "task_only":
                     m = x_t
                 else:
-                    g = torch.sigmoid(self.gate[t](a))                              # task gate
+                    g_in = self.gate_attn[t](a) if hasattr(self, "gate_attn") else a
+                    g = torch.sigmoid(self.gate[t](g_in))                           # task gate
                     m = g * x_sh + (1 - g) * x_t                                    # Eq. 24, NOTE(code≠paper) above
             out[t] = z[t] + self.drop_path(self.out_proj[t](m))
         return out
-
-
-def swin_block(dim: int, input_resolution: tuple[int, int], shift: bool, drop_path: float = 0.0,
-               window_size: int = 12, head_dim: int = 32, mlp_ratio: float = 4.0) -> SwinTransformerBlock:
-    """A standard (timm) Swin block on (B, H, W, C) maps: W-MSA (shifted by window/2 when ``shift``) + MLP.
-
-    The decoder of MTMamba Table 2's "2×Swin" rows: window 12, C/32 heads, MLP ratio 4; maps that are not
-    window multiples are padded per block. The attention keeps timm's explicit q·kᵀ path so that the
-    FLOP counter sees its matmuls.
-    """
-    block = SwinTransformerBlock(dim, input_resolution, num_heads=dim // head_dim, window_size=window_size,
-                                 shift_size=window_size // 2 if shift else 0, dynamic_mask=True,
-                                 mlp_ratio=mlp_ratio, drop_path=drop_path)
-    block.attn.fused_attn = False
-    return block

@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import CTM, STM, swin_block
+from .attention import swin_block
+from .blocks import CTM, STM
 from .decoder import ThreeStageDecoder
 from .encoders import build_encoder
 from .heads import MultiTaskModel, TaskHead
@@ -76,7 +77,8 @@ def build_mtmamba(cfg) -> MultiTaskModel:
     tasks = cfg.TASKS.NAMES
     widths = encoder.channels[::-1][1:]                          # 768, 384, 192 for Swin-L
     resolutions = [(cfg.TRAIN.SCALE[0] // s, cfg.TRAIN.SCALE[1] // s) for s in encoder.strides[::-1][1:]]
-    ssm = dict(d_state=m.d_state, ssm_ratio=m.ssm_ratio, dt_rank=m.dt_rank, scan_backend=m.scan_backend)
+    ssm = dict(d_state=m.d_state, ssm_ratio=m.ssm_ratio, dt_rank=m.dt_rank, scan_backend=m.scan_backend,
+               mixer=m.mfe, gate_mixer=m.gate, wmsa_heads=m.wmsa_heads)
     rates = drop_path_schedule(m.drop_path_rate, len(widths), m.stm_blocks + int(m.ctm))
     stages = [MTMambaStage(c, tasks, r, n_blocks=m.stm_blocks, block=m.block, ctm=m.ctm, ctm_fusion=m.ctm_fusion,
                            resolution=res, **ssm) for c, r, res in zip(widths, rates, resolutions)]

@@ -18,10 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import WindowMSA
 from .ops.scan_orders import SS2D_ORDERS, cross_merge, cross_scan
 from .ops.selective_scan import selective_scan
 
-__all__ = ["SS2D"]
+__all__ = ["SS2D", "MIXERS"]
+
+MIXERS = {"mixer": ("ss2d", "wmsa"), "gate_mixer": ("linear", "wmsa")}
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
@@ -50,6 +53,11 @@ class SS2D(nn.Module):
         orders: scan orders (K = len(orders)).
         dt_min, dt_max, dt_init_floor, dt_scale: Δ initialisation (Mamba, S4D).
         scan_backend: backend of :func:`selective_scan` ("auto", "cuda", "torch", "reference").
+        mixer: "ss2d", or "wmsa" for MTMamba Table 3 ("MFE → W-MSA"): window attention on the d_inner features
+            replaces the depthwise conv, the 2-D scan and out_norm (the SSM parameters are not built).
+        gate_mixer: "linear", or "wmsa" for MTMamba Table 4: the gate branch reads window attention of the
+            block input before its Linear (same in_proj weights, split into the x and z halves).
+        wmsa_heads: heads of those window attentions.
     """
 
     def __init__(
@@ -69,8 +77,14 @@ class SS2D(nn.Module):
         dt_init_floor: float = 1e-4,
         dt_scale: float = 1.0,
         scan_backend: str = "auto",
+        mixer: str = "ss2d",
+        gate_mixer: str = "linear",
+        wmsa_heads: int = 6,
     ) -> None:
         super().__init__()
+        for name, value in (("mixer", mixer), ("gate_mixer", gate_mixer)):
+            if value not in MIXERS[name]:
+                raise ValueError(f"{name}={value!r} is not valid; valid: {list(MIXERS[name])}")
         self.d_model = d_model
         self.d_inner = int(ssm_ratio * d_model)
         self.d_state = d_state
@@ -81,6 +95,12 @@ class SS2D(nn.Module):
         k, di, n, r = len(self.orders), self.d_inner, d_state, self.dt_rank
 
         self.in_proj = nn.Linear(in_dim or d_model, di * (2 if gate else 1), bias=False)
+        if gate and gate_mixer == "wmsa":
+            self.gate_attn = WindowMSA(in_dim or d_model, wmsa_heads)
+        self.out_proj = nn.Linear(di, d_model, bias=False) if out_proj else None
+        if mixer == "wmsa":
+            self.attn = WindowMSA(di, wmsa_heads)
+            return
         self.conv2d = nn.Conv2d(di, di, d_conv, padding=(d_conv - 1) // 2, groups=di, bias=True)
         # per-direction projections, stacked: x -> (Δ_low_rank, B, C) and Δ_low_rank -> Δ
         self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, di))
@@ -89,7 +109,6 @@ class SS2D(nn.Module):
         self.A_logs = nn.Parameter(torch.empty(k * di, n))
         self.Ds = nn.Parameter(torch.empty(k * di))
         self.out_norm = nn.LayerNorm(di)
-        self.out_proj = nn.Linear(di, d_model, bias=False) if out_proj else None
         self.reset_parameters(dt_min, dt_max, dt_init_floor, dt_scale)
 
     @torch.no_grad()
@@ -136,11 +155,18 @@ class SS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, in_dim) -> (B, H, W, C) with out_proj, else (B, H, W, d_inner)."""
-        x = self.in_proj(x)
-        if self.gate:
-            x, z = x.chunk(2, dim=-1)                                              # MFE branch, gate branch
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))                             # (B, D, H, W)
-        y = self.out_norm(self.scan(x))                                            # (B, H, W, D)
+        if hasattr(self, "gate_attn"):                                             # Table 4: W-MSA gate
+            w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+            x, z = F.linear(x, w_x), F.linear(self.gate_attn(x), w_z)
+        else:
+            x = self.in_proj(x)
+            if self.gate:
+                x, z = x.chunk(2, dim=-1)                                          # MFE branch, gate branch
+        if hasattr(self, "attn"):                                                  # Table 3: W-MSA as the MFE
+            y = self.attn(x)
+        else:
+            x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))                         # (B, D, H, W)
+            y = self.out_norm(self.scan(x))                                        # (B, H, W, D)
         if self.gate:
             y = y * F.silu(z)                                                      # Eq. 16: σ = SiLU
         return self.out_proj(y) if self.out_proj is not None else y

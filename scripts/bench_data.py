@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from data import seed_worker  # noqa: E402
+from data import fork_safe_opencv, seed_worker  # noqa: E402
 from data.collate import collate_mil  # noqa: E402
 from data.nyud import NYUD_TASKS, NYUDv2  # noqa: E402
 from data.synthetic import write_nyud  # noqa: E402
@@ -34,6 +34,8 @@ def measure(root: Path, workers: int, samples: int, batch: int) -> float:
                                              generator=torch.Generator().manual_seed(0))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
                                          collate_fn=collate_mil, worker_init_fn=seed_worker, drop_last=True)
+    if workers > 0:
+        fork_safe_opencv()
     batches = iter(loader)
     next(batches)  # warm-up: worker start, first decode
     start, n = time.perf_counter(), 0

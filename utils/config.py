@@ -94,9 +94,11 @@ def _validate_model(cfg: dict) -> None:
     from models.encoders import CUSTOM_ARCH, PAD_MODES, SWIN_VARIANTS
     from models.mtmamba import TASK_BLOCKS
     from models.ops.selective_scan import BACKENDS
+    from models.ss2d import MIXERS
 
     choices_by_key = {**MODEL_CHOICES, "block": TASK_BLOCKS, "ctm_fusion": CTM_FUSIONS, "swin_pad_mode": PAD_MODES,
-                      "scan_backend": BACKENDS, "backbone": (*SWIN_VARIANTS, CUSTOM_ARCH)}
+                      "scan_backend": BACKENDS, "backbone": (*SWIN_VARIANTS, CUSTOM_ARCH),
+                      "mfe": MIXERS["mixer"], "gate": MIXERS["gate_mixer"]}
     for key, choices in choices_by_key.items():
         if key in model and model[key] not in choices:
             raise ConfigError(f"model.{key}={model[key]!r} is not valid; valid: {list(choices)}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import build_dataloaders, resolve_db_root
+from data import build_dataloaders, resolve_db_root, seed_worker
 from data.collate import collate_mil
 from utils.config import load_config
 
@@ -54,6 +54,20 @@ def test_dataloader_reproducible_with_workers(nyud_root):
     runs = [[b["image"] for b in build_dataloaders(cfg)[0]] for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     assert [tuple(s.tolist()) for s in next(iter(build_dataloaders(cfg)[1]))["meta"]["img_size"]] == [NYUD_SIZE] * 2
+
+
+def test_opencv_pool_is_off_before_workers_fork(nyud_root):
+    """A running OpenCV pool inherited by forked workers can hang them; loaders with workers turn it off."""
+    import cv2
+    cv2.setNumThreads(2)
+    cv2.resize(np.zeros((600, 800, 3), np.float32), (400, 300))    # the pool is running now
+    try:
+        train, _ = build_dataloaders(_cfg("nyud", nyud_root.parent, workers=2))
+        assert cv2.getNumThreads() == 1
+        assert len(list(torch.utils.data.DataLoader(train.dataset, num_workers=2, worker_init_fn=seed_worker,
+                                                    collate_fn=train.collate_fn, timeout=60))) == len(train.dataset)
+    finally:
+        cv2.setNumThreads(-1)
 
 
 def test_distributed_sampler(nyud_root, tmp_path):
