@@ -1,0 +1,252 @@
+"""Checkpoint files: atomic saves, checked loads, RNG state (ARCHITECTURE.md §6).
+
+A training checkpoint is a plain dict: model / optimizer / scheduler / AMP-scaler state dicts, the iteration, the
+best score, :func:`rng_state` and the config as plain containers (``utils.config.config_to_dict``). Everything in it
+is a tensor, a number, a string, ``None`` or a dict/list/tuple of those, so :func:`load_checkpoint` reads it with
+``torch.load(weights_only=True)``: loading never runs pickled code.
+
+* :func:`save_checkpoint` writes to a temp file in the target directory, fsyncs it and ``os.replace``-s it over the
+  target, so an interrupted save never destroys the last good checkpoint.
+* :func:`load_model_state` compares keys and shapes *before* touching the model and lists every mismatch key by key.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "LoadResult",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_model_state",
+    "unwrap_model",
+    "rng_state",
+    "set_rng_state",
+]
+
+logger = logging.getLogger(__name__)
+
+DDP_PREFIX = "module."
+MAX_LISTED_KEYS = 20  # lines of a mismatch report before "... and N more"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read, or its contents do not fit the model."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically; parent directories are created.
+
+    The data goes to a temp file next to ``path`` (same file system, so the final rename is atomic), is flushed and
+    fsynced, then replaces ``path``. If anything fails on the way the temp file is removed, the exception propagates
+    and a previous file at ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    logger.debug("saved checkpoint %s", path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); silently skipped where directories cannot be opened (Windows)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (or any ``torch.save`` file holding a dict).
+
+    ``weights_only=True`` (the default) refuses files that need arbitrary pickled objects; pass ``False`` only for a
+    file you trust (it lets the file run code while loading). Raises :class:`CheckpointError` naming ``path`` when the
+    file is missing, unreadable, truncated/corrupt, or not a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (check the path, e.g. --trained_model or out_dir)")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except pickle.UnpicklingError as e:
+        # torch wraps the unpickler's own error; its first line says what actually failed
+        inner = e.__context__ if isinstance(e.__context__, pickle.UnpicklingError) else e
+        if weights_only and "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects that weights_only loading refuses ({_first_line(inner)}). "
+                "If you trust this file, load it with weights_only=False.") from e
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {_first_line(inner)}") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): "
+                              f"{_first_line(e)}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model state
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What :func:`load_model_state` could not load (all empty after a strict load)."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, expected, got)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (the model itself otherwise)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def _strip_ddp_prefix(state_dict: Mapping[str, Any], model_keys: set[str]) -> dict[str, Any]:
+    keys = list(state_dict)
+    if keys and all(k.startswith(DDP_PREFIX) for k in keys) \
+            and not all(k.startswith(DDP_PREFIX) for k in model_keys):
+        return {k[len(DDP_PREFIX):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _shape(v: Any) -> tuple | None:
+    shape = getattr(v, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _fmt(shape: tuple | None) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")" if shape is not None else "(not a tensor)"
+
+
+def _report(result: LoadResult, expected: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    lines = [f"{k}: expected {_fmt(a)} got {_fmt(b)}" for k, a, b in result.mismatched]
+    lines += [f"{k}: missing from checkpoint (expected {_fmt(_shape(expected[k]))})" for k in result.missing]
+    lines += [f"{k}: unexpected, not in model (got {_fmt(_shape(given[k]))})" for k in result.unexpected]
+    if len(lines) > MAX_LISTED_KEYS:
+        rest = len(lines) - MAX_LISTED_KEYS
+        lines = lines[:MAX_LISTED_KEYS] + [f"... and {rest} more"]
+    return lines
+
+
+def load_model_state(model: nn.Module, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
+    """Load ``state_dict`` into ``model`` (DDP/DataParallel wrappers are unwrapped).
+
+    A leading ``module.`` on every key (a state dict saved from a DDP-wrapped model) is stripped. Keys and shapes are
+    compared before anything is loaded. With ``strict=True`` any missing key, unexpected key or shape mismatch raises
+    :class:`CheckpointError` listing them key by key and the model is left untouched. With ``strict=False`` the
+    matching keys are loaded, mismatched shapes are skipped, and the problems are logged and returned.
+    """
+    model = unwrap_model(model)
+    expected = model.state_dict()
+    given = _strip_ddp_prefix(state_dict, set(expected))
+
+    result = LoadResult(
+        missing=[k for k in expected if k not in given],
+        unexpected=[k for k in given if k not in expected],
+        mismatched=[(k, _shape(v), _shape(given[k])) for k, v in expected.items()
+                    if k in given and _shape(v) != _shape(given[k])],
+    )
+    if result:
+        lines = _report(result, expected, given)
+        summary = (f"checkpoint does not match {type(model).__name__}: {len(result.missing)} missing, "
+                   f"{len(result.unexpected)} unexpected, {len(result.mismatched)} shape mismatches")
+        if strict:
+            raise CheckpointError(
+                summary + "\n  " + "\n  ".join(lines) + "\nCheck that the config (backbone, tasks, dataset) matches "
+                "the one the checkpoint was trained with, or load with strict=False to skip these keys.")
+        logger.warning("%s (loading the rest)\n  %s", summary, "\n  ".join(lines))
+
+    skip = {k for k, _, _ in result.mismatched} | set(result.unexpected)
+    model.load_state_dict({k: v for k, v in given.items() if k not in skip}, strict=strict)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# RNG state
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """States of Python ``random``, NumPy's global generator, torch CPU and every CUDA device (if available).
+
+    Numbers and tensors only, so the dict survives ``torch.load(weights_only=True)``.
+    """
+    version, internal, gauss_next = random.getstate()
+    np_key, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+        "numpy": {"key": str(np_key), "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned. A CUDA state is applied to as many devices as both sides have."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["key"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if len(cuda) != n:
+            logger.warning("checkpoint has CUDA RNG states for %d devices, this machine has %d; restoring %d",
+                           len(cuda), n, min(len(cuda), n))
+        for i, s in enumerate(cuda[:n]):
+            torch.cuda.set_rng_state(s.cpu(), device=i)
+    elif cuda:
+        logger.warning("checkpoint has CUDA RNG states but CUDA is not available; they are ignored")
