@@ -10,7 +10,8 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["DATASET_FOLDERS", "resolve_db_root", "build_dataset", "build_dataloaders", "seed_worker", "fork_safe_opencv"]
+__all__ = ["DATASET_FOLDERS", "resolve_db_root", "build_dataset", "build_dataloaders", "build_val_loader",
+           "seed_worker", "fork_safe_opencv", "ShardSampler"]
 
 _logger = logging.getLogger(__name__)
 
@@ -58,6 +59,22 @@ def seed_worker(worker_id: int) -> None:
         transform.reseed(seed)
 
 
+class ShardSampler:
+    """Indices ``rank, rank + world, ...`` of a split: every image on exactly one rank, no padded duplicates.
+
+    For evaluation, where DistributedSampler's padding would count some images twice.
+    """
+
+    def __init__(self, length: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def fork_safe_opencv() -> None:
     """Stop OpenCV's thread pool in this process before DataLoader workers are forked.
 
@@ -68,36 +85,54 @@ def fork_safe_opencv() -> None:
     cv2.setNumThreads(0)
 
 
+def _loader_options(cfg: Any) -> dict:
+    import torch
+
+    from data.collate import collate_mil
+
+    workers = int(cfg.get("nworkers", 0))
+    if workers > 0:
+        fork_safe_opencv()
+    return dict(num_workers=workers, collate_fn=collate_mil, worker_init_fn=seed_worker,
+                persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+def build_val_loader(cfg: Any):
+    """The val DataLoader: ``cfg.TEST.SCALE`` pipeline, batch ``cfg.valBatch``, in order; when distributed,
+    each rank reads its own shard without padded duplicates (:class:`ShardSampler`)."""
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+
+    from data.transforms import test_transforms
+
+    val_set = build_dataset(cfg, "val", test_transforms(cfg.TEST.SCALE))
+    distributed = dist.is_available() and dist.is_initialized()
+    sampler = ShardSampler(len(val_set), dist.get_rank(), dist.get_world_size()) if distributed else None
+    return DataLoader(val_set, batch_size=int(cfg.valBatch), shuffle=False, sampler=sampler, drop_last=False,
+                      **_loader_options(cfg))
+
+
 def build_dataloaders(cfg: Any, seed: Optional[int] = None):
     """Train and val DataLoaders: (train_loader, val_loader).
 
-    Train: ``cfg.TRAIN.SCALE`` pipeline, batch ``cfg.trBatch``, shuffled, drop_last. Val: ``cfg.TEST.SCALE``
-    pipeline, batch ``cfg.valBatch``, in order. A DistributedSampler is used when torch.distributed is
-    initialised (the caller sets its epoch). Workers are seeded from ``seed`` (default ``cfg.seed`` or 0).
+    Train: ``cfg.TRAIN.SCALE`` pipeline, batch ``cfg.trBatch``, shuffled, drop_last; a DistributedSampler when
+    torch.distributed is initialised (the caller sets its epoch). Val: :func:`build_val_loader`. Workers are
+    seeded from ``seed`` (default ``cfg.seed`` or 0).
     """
     import torch
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from data.collate import collate_mil
-    from data.transforms import test_transforms, train_transforms
+    from data.transforms import train_transforms
 
     seed = int(cfg.get("seed", 0) if seed is None else seed)
     train_set = build_dataset(cfg, "train", train_transforms(cfg.TRAIN.SCALE, seed=seed))
-    val_set = build_dataset(cfg, "val", test_transforms(cfg.TEST.SCALE))
     distributed = dist.is_available() and dist.is_initialized()
     train_sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=True) if distributed else None
-    val_sampler = DistributedSampler(val_set, shuffle=False) if distributed else None
-    generator = torch.Generator().manual_seed(seed)
-    workers = int(cfg.get("nworkers", 0))
-    if workers > 0:
-        fork_safe_opencv()
-    common = dict(num_workers=workers, collate_fn=collate_mil, worker_init_fn=seed_worker,
-                  persistent_workers=False, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_set, batch_size=int(cfg.trBatch), shuffle=train_sampler is None,
-                              sampler=train_sampler, drop_last=True, generator=generator, **common)
-    val_loader = DataLoader(val_set, batch_size=int(cfg.valBatch), shuffle=False, sampler=val_sampler,
-                            drop_last=False, **common)
+                              sampler=train_sampler, drop_last=True, generator=torch.Generator().manual_seed(seed),
+                              **_loader_options(cfg))
+    val_loader = build_val_loader(cfg)
     _logger.info("data: %s train %d / val %d images, workers %d", cfg.train_db_name, len(train_set),
-                 len(val_set), workers)
+                 len(val_loader.dataset), train_loader.num_workers)
     return train_loader, val_loader

@@ -1,0 +1,163 @@
+"""The inference loop: per-task meters over a (possibly sharded) loader, all-reduced across ranks.
+
+Each rank evaluates its own shard of the split (no padded duplicates, see ``data.ShardSampler``), the meters'
+states are summed over ranks, and every rank computes the same metrics. Edge predictions can be saved as uint8
+PNGs cropped back to the original image size (EVALUATION.md §1) for the boundary benchmark.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from data.transforms import PadImage
+from evaluation.base import Meter
+from evaluation.depth import DepthMeter
+from evaluation.miou import MIoUMeter
+from evaluation.normals import NormalsMeter
+from evaluation.saliency import SaliencyMeter
+from utils.distributed import all_reduce_state, is_main_process
+
+__all__ = ["HEADLINE_METRICS", "build_meters", "evaluate", "save_prediction_maps"]
+
+logger = logging.getLogger(__name__)
+
+# the metric each task reports in the papers' tables, and whether higher is better
+HEADLINE_METRICS: dict[str, tuple[str, bool]] = {
+    "semseg": ("mIoU", True), "human_parts": ("mIoU", True), "sal": ("maxF", True),
+    "normals": ("mErr", False), "depth": ("rmse", False), "edge": ("odsF", True),
+}
+
+
+def build_meters(cfg: Any) -> dict[str, Meter]:
+    """One meter per task with a dense metric. Edges are scored by the boundary benchmark, not by a meter."""
+    n_out = cfg.TASKS.NUM_OUTPUT
+    factories = {
+        "semseg": lambda: MIoUMeter(n_out["semseg"]),
+        "human_parts": lambda: MIoUMeter(n_out["human_parts"]),
+        "sal": lambda: SaliencyMeter(cfg.get("sal_maxF_mode", "invpt_compat")),
+        "normals": NormalsMeter,
+        "depth": DepthMeter,
+    }
+    return {t: factories[t]() for t in cfg.TASKS.NAMES if t in factories}
+
+
+def save_prediction_maps(preds: Mapping[str, torch.Tensor], batch: Mapping[str, Any], tasks: list[str],
+                         out_dir: Path) -> None:
+    """Write ``out_dir/<task>/<img_name>.png`` per image, cropped from the centred padding to the original size.
+
+    Edges: uint8 floor(255·sigmoid) as the boundary benchmark expects (EVALUATION.md §1); semseg/human_parts:
+    class ids; sal: uint8 255·p(foreground).
+    """
+    names, sizes = batch["meta"]["img_name"], batch["meta"]["img_size"]
+    for t in tasks:
+        folder = out_dir / t
+        folder.mkdir(parents=True, exist_ok=True)
+        p = preds[t].float()
+        if t == "edge":
+            maps = torch.floor(255 * torch.sigmoid(p[:, 0])).to(torch.uint8)
+        elif t == "sal":
+            maps = (255 * p.softmax(1)[:, 1]).round().to(torch.uint8)
+        elif t in ("semseg", "human_parts"):
+            maps = p.argmax(1).to(torch.uint8)
+        else:
+            raise ValueError(f"save_predictions: no image format for task {t!r}; valid: edge, sal, semseg, human_parts")
+        for i, name in enumerate(names):
+            h, w = (int(v) for v in sizes[i])
+            top, _, left, _ = PadImage.offsets(h, w, maps.shape[-2:])
+            cv2.imwrite(str(folder / f"{name}.png"), maps[i, top:top + h, left:left + w].cpu().numpy())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, cfg: Any, device: torch.device, *,
+             save_dir: Path | None = None, save_tasks: list[str] = (), amp_dtype: torch.dtype | None = None,
+             ) -> dict[str, dict[str, float]]:
+    """Run the model over ``loader`` and return ``{task: {metric: value}}``, identical on every rank."""
+    model.eval()
+    meters = build_meters(cfg)
+    for batch in tqdm(loader, desc="eval", disable=not is_main_process(), leave=False, dynamic_ncols=True):
+        image = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            preds = model(image)
+        for t, meter in meters.items():
+            meter.update(preds[t].float().cpu(), batch[t])
+        if save_dir is not None and save_tasks:
+            save_prediction_maps(preds, batch, list(save_tasks), save_dir)
+    states = all_reduce_state({f"{t}/{k}": v for t, m in meters.items() for k, v in m.state().items()})
+    results = {}
+    for t in meters:
+        merged = build_meters(cfg)[t]
+        merged.merge({k.split("/", 1)[1]: v for k, v in states.items() if k.startswith(f"{t}/")})
+        results[t] = {k: float(v) for k, v in merged.compute().items() if np.isscalar(v) or np.ndim(v) == 0}
+    return results
+
+
+def metrics_table(results: Mapping[str, Mapping[str, float]], dataset: str, delta_line: str) -> str:
+    """A markdown table: the headline metric of each task first, then the others, then the Δm line."""
+    lines = ["| task | metric | value |", "|---|---|---|"]
+    for task, metrics in results.items():
+        head = HEADLINE_METRICS.get(task, (None, True))[0]
+        for name in sorted(metrics, key=lambda k: (k != head, k)):
+            arrow = ("↑" if HEADLINE_METRICS[task][1] else "↓") if name == head else ""
+            lines.append(f"| {task} | {name}{arrow} | {metrics[name]:.4f} |")
+    return "\n".join([f"{dataset} validation", "", *lines, "", delta_line])
+
+
+def _boundary_scores(cfg: Any, pred_dir: Path, out_dir: Path) -> dict[str, float]:
+    """odsF / oisF / AP in percent of the saved edge maps (rank 0 scores, every rank receives the result)."""
+    from data import DATASET_FOLDERS, resolve_db_root
+    from evaluation.boundary.runner import evaluate_boundaries
+    from utils.distributed import broadcast_object
+
+    scores = None
+    if is_main_process():
+        root = resolve_db_root(cfg) / DATASET_FOLDERS[cfg.val_db_name]
+        summary = evaluate_boundaries(cfg.val_db_name, root, out_dir, pred_dir=pred_dir,
+                                      mode=cfg.get("boundary_mode", "fast"), workers=max(1, int(cfg.nworkers)))
+        scores = {name: 100.0 * float(summary["scores"][key])
+                  for name, key in (("odsF", "ods_f"), ("oisF", "ois_f"), ("AP", "ap"))}
+    return broadcast_object(scores)
+
+
+def infer(cfg: Any, checkpoint: str | Path, run_dir: Path, device: torch.device) -> dict[str, dict[str, float]]:
+    """Evaluate a checkpoint on the val split: print the metric table and Δm, write metrics.json/metrics.md.
+
+    Saves ``save_predictions`` maps under ``run_dir/predictions`` and, with ``eval_boundary``, scores the edge
+    maps with the SEISM protocol (``boundary_mode``: fast | exact | proxy).
+    """
+    import json
+
+    from data import build_val_loader
+    from evaluation.delta_m import format_delta_m
+    from models import build_model
+    from utils.checkpoint import load_checkpoint, load_model_state
+    from utils.distributed import barrier
+    from utils.trainer import AMP_DTYPES
+
+    model = build_model(cfg).to(device)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    load_model_state(model, state.get("model", state))
+    save_tasks = list(cfg.get("save_predictions") or [])
+    if cfg.get("eval_boundary") and "edge" not in save_tasks:
+        save_tasks.append("edge")
+    pred_dir = run_dir / "predictions"
+    results = evaluate(model, build_val_loader(cfg), cfg, device, save_dir=pred_dir, save_tasks=save_tasks,
+                       amp_dtype=AMP_DTYPES[cfg.get("amp")])
+    barrier()
+    if cfg.get("eval_boundary"):
+        results["edge"] = _boundary_scores(cfg, pred_dir / "edge", run_dir / "boundary")
+    delta_line = format_delta_m(cfg.val_db_name, results, proxy="edge" not in results)
+    if is_main_process():
+        table = metrics_table(results, cfg.val_db_name, delta_line)
+        print(table)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.md").write_text(table + "\n")
+        (run_dir / "metrics.json").write_text(json.dumps({"checkpoint": str(checkpoint), "results": results,
+                                                          "delta_m": delta_line}, indent=2) + "\n")
+    return results
