@@ -71,9 +71,11 @@ def drop_path_schedule(rate: float, n_stages: int, blocks_per_stage: int) -> lis
 @register_model("mtmamba")
 def build_mtmamba(cfg) -> MultiTaskModel:
     m = cfg.model
-    encoder = build_encoder(m.backbone, img_size=tuple(cfg.TRAIN.SCALE), pretrained=m.pretrained,
+    train_size, test_size = tuple(cfg.TRAIN.SCALE), tuple(cfg.TEST.SCALE)
+    encoder = build_encoder(m.backbone, img_size=train_size, pretrained=m.pretrained,
                             pretrained_path=m.pretrained_path, pad_mode=m.swin_pad_mode,
-                            drop_path_rate=m.encoder_drop_path_rate, **(m.get("backbone_kwargs") or {}))
+                            drop_path_rate=m.encoder_drop_path_rate, dynamic_img_size=test_size != train_size,
+                            **(m.get("backbone_kwargs") or {}))
     tasks = cfg.TASKS.NAMES
     widths = encoder.channels[::-1][1:]                          # 768, 384, 192 for Swin-L
     resolutions = [(cfg.TRAIN.SCALE[0] // s, cfg.TRAIN.SCALE[1] // s) for s in encoder.strides[::-1][1:]]

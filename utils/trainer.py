@@ -25,7 +25,7 @@ from losses import build_loss
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from utils.config import config_to_dict
-from utils.distributed import DistInfo, barrier, is_main_process
+from utils.distributed import DistInfo, all_gather_object, barrier, is_main_process
 
 __all__ = ["AMP_DTYPES", "build_optimizer", "poly_schedule", "Trainer", "train"]
 
@@ -171,15 +171,25 @@ class Trainer:
             self.save("best.pth")
         return results
 
+    def check_replicas(self) -> None:
+        """Raise if the ranks' parameters differ (they never should under DDP); logs the checksum."""
+        checksum = float(sum(p.detach().double().sum() for p in unwrap_model(self.model).parameters()))
+        sums = all_gather_object(checksum)
+        if len(set(sums)) > 1:
+            raise RuntimeError(f"model replicas differ across ranks after training: parameter sums {sums}")
+        logger.info("parameter checksum %.10e identical on %d rank(s)", checksum, len(sums))
+
     # ------------------------------------------------------------------------------------------------ loop
-    def fit(self) -> None:
+    def fit(self, until: int | None = None) -> None:
+        """Train to ``max_iter``, or stop at iteration ``until`` (e.g. a time budget; resume later from last.pth)."""
         cfg, max_iter = self.cfg, int(self.cfg.max_iter)
+        stop = max_iter if until is None else min(until, max_iter)
         log_every, val_every = int(cfg.get("log_interval", 20)), int(cfg.get("val_interval", 0) or 0)
         ckpt_every = int(cfg.get("ckpt_interval", 1000))
         bar = tqdm(total=max_iter, initial=self.iteration, desc="train", disable=not is_main_process(),
                    dynamic_ncols=True)
         batches, start = self.batches(), time.perf_counter()
-        while self.iteration < max_iter:
+        while self.iteration < stop:
             losses = self.step(next(batches))
             bar.update(1)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -188,13 +198,14 @@ class Trainer:
                 for name, value in losses.items():
                     self.writer.add_scalar(f"train/loss_{name}", value, self.iteration)
                 self.writer.add_scalar("train/lr", lr, self.iteration)
-            if self.iteration % ckpt_every == 0 or self.iteration == max_iter:
+            if self.iteration % ckpt_every == 0 or self.iteration == stop:
                 self.save("last.pth")
                 barrier()
             if val_every and (self.iteration % val_every == 0 or self.iteration == max_iter):
                 self.validate()
         bar.close()
-        logger.info("training done: %d iterations in %.1f s", max_iter, time.perf_counter() - start)
+        self.check_replicas()
+        logger.info("trained to iteration %d of %d in %.1f s", self.iteration, max_iter, time.perf_counter() - start)
         if self.writer is not None:
             self.writer.close()
 
