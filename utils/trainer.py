@@ -26,6 +26,7 @@ from models import build_model
 from utils.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from utils.config import config_to_dict
 from utils.distributed import DistInfo, all_gather_object, barrier, is_main_process
+from utils.visualize import prediction_grid
 
 __all__ = ["AMP_DTYPES", "build_optimizer", "poly_schedule", "Trainer", "train"]
 
@@ -164,12 +165,25 @@ class Trainer:
             for task, metrics in results.items():
                 for name, value in metrics.items():
                     self.writer.add_scalar(f"val/{task}/{name}", value, self.iteration)
+            self.log_prediction_images()
         logger.info("iteration %d validation: %s", self.iteration,
                     "; ".join(f"{t} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in results.items()))
         if baseline is None or score > self.best_score:
             self.best_score = max(score, self.best_score)
             self.save("best.pth")
         return results
+
+    @torch.no_grad()
+    def log_prediction_images(self) -> None:
+        """TensorBoard grids (input | prediction | target) of the first validation batch, one per task."""
+        batch = next(iter(self.val_loader))
+        model = unwrap_model(self.model).eval()    # rank 0 only: bypass DDP and its collectives
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            preds = model(batch["image"].to(self.device))
+        grids = prediction_grid(batch["image"], {t: p.float().cpu() for t, p in preds.items()}, batch,
+                                self.cfg.TASKS.NAMES)
+        for task, grid in grids.items():
+            self.writer.add_image(f"val/{task}", grid, self.iteration)
 
     def check_replicas(self) -> None:
         """Raise if the ranks' parameters differ (they never should under DDP); logs the checksum."""
