@@ -151,7 +151,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.iteration += 1
-        return {t: float(v) for t, v in losses.items()}
+        return {t: v.item() for t, v in losses.items()}
 
     def validate(self) -> dict[str, dict[str, float]]:
         results = evaluate(self.model, self.val_loader, self.cfg, self.device, amp_dtype=self.amp_dtype)
