@@ -8,8 +8,11 @@ interrupted epoch is replayed through the loader.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from losses import build_loss
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from utils.config import config_to_dict
-from utils.distributed import DistInfo, all_gather_object, barrier, is_main_process
+from utils.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, is_main_process
 from utils.visualize import prediction_grid
 
 __all__ = ["AMP_DTYPES", "build_optimizer", "poly_schedule", "Trainer", "train"]
@@ -203,6 +206,37 @@ class Trainer:
         bar = tqdm(total=max_iter, initial=self.iteration, desc="train", disable=not is_main_process(),
                    dynamic_ncols=True)
         batches, start = self.batches(), time.perf_counter()
+        with self.stop_on_signals():
+            self._loop(batches, bar, stop, max_iter, log_every, val_every, ckpt_every)
+        bar.close()
+        self.check_replicas()
+        logger.info("trained to iteration %d of %d in %.1f s", self.iteration, max_iter, time.perf_counter() - start)
+        if self.writer is not None:
+            self.writer.close()
+
+    @contextlib.contextmanager
+    def stop_on_signals(self):
+        """While training, SIGTERM / SIGINT request a clean stop: last.pth is saved and ``fit`` returns."""
+        self.stop_signal = None
+
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def stop_requested(self) -> bool:
+        """True on every rank as soon as any rank received a stop signal."""
+        flag = torch.tensor([float(self.stop_signal is not None)], device=self.device)
+        return bool(all_reduce_sum(flag).item() > 0) if self.dist.is_distributed else bool(flag.item())
+
+    def _loop(self, batches, bar, stop: int, max_iter: int, log_every: int, val_every: int, ckpt_every: int) -> None:
         while self.iteration < stop:
             losses = self.step(next(batches))
             bar.update(1)
@@ -217,11 +251,12 @@ class Trainer:
                 barrier()
             if val_every and (self.iteration % val_every == 0 or self.iteration == max_iter):
                 self.validate()
-        bar.close()
-        self.check_replicas()
-        logger.info("trained to iteration %d of %d in %.1f s", self.iteration, max_iter, time.perf_counter() - start)
-        if self.writer is not None:
-            self.writer.close()
+            if self.stop_requested():
+                self.save("last.pth")
+                barrier()
+                logger.warning("stop signal: saved last.pth at iteration %d; rerun the same command to resume",
+                               self.iteration)
+                return
 
 
 def train(cfg: Any, run_dir: Path, dist_info: DistInfo, resume: bool = True) -> Trainer:

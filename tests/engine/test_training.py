@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -94,6 +95,26 @@ def test_resume_reaches_the_same_weights(data_root, tmp_path):
     resumed.fit()
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_saves_and_stops(data_root, tmp_path, monkeypatch):
+    """A SIGTERM during training saves last.pth at the current iteration and returns cleanly."""
+    cfg = load_config(REPO / "configs/demo_nyud.yml", [f"db_root={data_root}", f"out_dir={tmp_path}", "max_iter=10",
+                                                     "val_interval=1000", "ckpt_interval=1000", *TINY])
+    trainer = Trainer(cfg, tmp_path / cfg.version_name, init_distributed())
+    step = trainer.step
+
+    def step_then_signal(batch):
+        losses = step(batch)
+        if trainer.iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(trainer, "step", step_then_signal)
+    trainer.fit()
+    assert trainer.iteration == 2
+    assert load_checkpoint(trainer.ckpt_dir / "last.pth")["iteration"] == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL    # handlers restored
 
 
 def test_infer_without_checkpoint_is_an_error(capsys):
