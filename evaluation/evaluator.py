@@ -125,12 +125,18 @@ def _boundary_scores(cfg: Any, pred_dir: Path, out_dir: Path) -> dict[str, float
     return broadcast_object(scores)
 
 
-def infer(cfg: Any, checkpoint: str | Path, run_dir: Path, device: torch.device) -> dict[str, dict[str, float]]:
+def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
+          device: torch.device | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a checkpoint on the val split: print the metric table and Δm, write metrics.json/metrics.md.
 
     Saves ``save_predictions`` maps under ``run_dir/predictions`` and, with ``eval_boundary``, scores the edge
-    maps with the SEISM protocol (``boundary_mode``: fast | exact | proxy).
+    maps with the SEISM protocol (``boundary_mode``: fast | exact | proxy). ``run_dir`` defaults to
+    ``out_dir/version_name``, ``device`` to this rank's device (:func:`utils.distributed.init_distributed`).
     """
+    from utils.distributed import init_distributed
+
+    run_dir = Path(cfg.out_dir) / cfg.version_name if run_dir is None else Path(run_dir)
+    device = init_distributed().device if device is None else device
     import json
 
     from data import build_val_loader

@@ -121,8 +121,9 @@ def test_swin_decoder_blocks():
 
 @pytest.mark.slow
 def test_table2_flops(capsys):
-    model_stats.main(["--config_exp", *(str(ABL / name) for name in TABLE2)])
-    assert parse(capsys.readouterr().out)["gflops"] == [g for _, g in TABLE2.values()]
+    rows = {name: g for name, (_, g) in TABLE2.items() if name != "table2_mtmamba.yml"}  # 540.81: test_flops.py
+    model_stats.main(["--config_exp", *(str(ABL / name) for name in rows)])
+    assert parse(capsys.readouterr().out)["gflops"] == list(rows.values())
 
 
 @pytest.mark.slow

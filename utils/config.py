@@ -85,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "ckpt_interval": 1000,           # iterations between saves of checkpoints/last.pth
     "save_predictions": [],          # tasks whose predictions are written under predictions/ at evaluation
     "eval_boundary": False,          # run the (slow) boundary odsF evaluation on saved edge predictions
+    "boundary_mode": "fast",         # fast (hk matcher) | exact (csa, needs pyEdgeEval) | proxy (19 thresholds)
     "sal_maxF_mode": "invpt_compat", # saliency maxF: invpt_compat (InvPT/MTMamba numbers) | atrc
     # --- model (MODELS.md §1, §4) ----------------------------------------------------------------------------
     "model": {
@@ -252,7 +253,8 @@ def _validate_values(cfg: dict) -> None:
 
     choices = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "amp": AMP_MODES,
                "loss_kwargs.loss_scheme": LOSS_SCHEMES, "sal_maxF_mode": SAL_MAXF_MODES,
-               "eval_boundary": (True, False), "model.pretrained": (True, False)}
+               "eval_boundary": (True, False), "model.pretrained": (True, False),
+               "boundary_mode": ("fast", "exact", "proxy")}
     for key, valid in choices.items():
         value = _get(cfg, key)
         # `1 in (True, False)` holds in Python, so booleans are compared by type as well

@@ -259,9 +259,15 @@ class Trainer:
                 return
 
 
-def train(cfg: Any, run_dir: Path, dist_info: DistInfo, resume: bool = True) -> Trainer:
-    """Train as the config says; resume from ``run_dir/checkpoints/last.pth`` when it exists and ``resume``."""
-    trainer = Trainer(cfg, run_dir, dist_info)
+def train(cfg: Any, run_dir: Path | None = None, dist_info: DistInfo | None = None, resume: bool = True) -> Trainer:
+    """Train as the config says; resume from ``run_dir/checkpoints/last.pth`` when it exists and ``resume``.
+
+    ``run_dir`` defaults to ``out_dir/version_name``; ``dist_info`` to :func:`utils.distributed.init_distributed`.
+    """
+    from utils.distributed import init_distributed
+
+    run_dir = Path(cfg.out_dir) / cfg.version_name if run_dir is None else Path(run_dir)
+    trainer = Trainer(cfg, run_dir, init_distributed() if dist_info is None else dist_info)
     last = trainer.ckpt_dir / "last.pth"
     if resume and last.is_file():
         trainer.resume(last)
