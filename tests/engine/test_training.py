@@ -117,6 +117,24 @@ def test_sigterm_saves_and_stops(data_root, tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL    # handlers restored
 
 
+def test_infer_scores_saved_edges_with_the_boundary_protocol(data_root, tmp_path):
+    """eval_boundary: true saves edge PNGs at the original size and adds odsF/oisF/AP to the results and Δm."""
+    from evaluation.evaluator import infer
+
+    opts = [f"db_root={data_root}", f"out_dir={tmp_path}", "max_iter=1", "val_interval=1000", *TINY]
+    trainer = Trainer(load_config(REPO / "configs/demo_nyud.yml", opts), tmp_path / "demo_nyud", init_distributed())
+    trainer.fit()
+    cfg = load_config(REPO / "configs/demo_nyud.yml", [*opts[:-1], "eval_boundary=true", "save_predictions=[semseg]"])
+    results = infer(cfg, trainer.ckpt_dir / "last.pth")
+    assert set(results["edge"]) == {"odsF", "oisF", "AP"} and 0 <= results["edge"]["odsF"] <= 100
+    pngs = sorted((tmp_path / "demo_nyud" / "predictions" / "edge").glob("*.png"))
+    assert len(pngs) == 3 and len(list((tmp_path / "demo_nyud" / "predictions" / "semseg").glob("*.png"))) == 3
+    import cv2
+    assert cv2.imread(str(pngs[0]), cv2.IMREAD_UNCHANGED).shape == (85, 112)     # cropped to the original size
+    saved = json.loads((tmp_path / "demo_nyud" / "metrics.json").read_text())
+    assert "odsF" in saved["results"]["edge"] and saved["delta_m"].startswith("Δm:")   # not a proxy with edges
+
+
 def test_infer_without_checkpoint_is_an_error(capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["--run_mode", "infer", "--config_exp", "configs/mtmamba_nyud.yml"])
