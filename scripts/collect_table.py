@@ -4,8 +4,9 @@
     python scripts/collect_table.py --table table2 [--opts out_dir=runs ...]
 
 Rows are the files ``configs/ablations/<table>*.yml`` (``--table`` is a name prefix); each run folder is
-``out_dir/version_name`` of that config with the same ``--opts`` as the runs. The single-task configs of Table 2 (one task each) are merged into
-the one "Single-task" row, as in the paper. Missing runs or metrics print as "—".
+``out_dir/version_name`` of that config with the same ``--opts`` as the runs. The single-task configs of
+Table 2 (one task each) are merged into the one "Single-task" row, as in the paper. Missing runs or metrics
+print as "—".
 """
 from __future__ import annotations
 
