@@ -177,3 +177,18 @@ def test_table6_encoders_build():
         assert model.encoder.channels == [embed, 2 * embed, 4 * embed, 8 * embed]
         assert model.decoder.out_channels == embed
         assert count_params(model) > 0
+
+
+def test_collect_table_merges_the_single_task_row(tmp_path):
+    """The four single-task runs (one task each) form one "Single-task" row beside the paper's numbers."""
+    import json
+
+    import collect_table
+    values = {"semseg": ("mIoU", 54.0), "depth": ("rmse", 0.52), "normals": ("mErr", 19.5), "edge": ("odsF", 77.0)}
+    for task, (metric, value) in values.items():
+        run = tmp_path / f"table2_single_task_{task}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({"results": {task: {metric: value}}}))
+    text = collect_table.main(["--table", "table2_single_task", "--opts", f"out_dir={tmp_path}"])
+    rows = [line for line in text.splitlines() if line.startswith("| table2")]
+    assert rows == ["| table2_single_task | 54 | 0.52 | 19.5 | 77 | 54.32 / 0.5166 / 19.21 / 77.3 / 0 |"]
