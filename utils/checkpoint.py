@@ -11,6 +11,7 @@ is a tensor, a number, a string, ``None`` or a dict/list/tuple of those, so :fun
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -68,10 +69,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_dir(path.parent)
     logger.debug("saved checkpoint %s", path)
@@ -84,9 +83,8 @@ def _fsync_dir(directory: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 

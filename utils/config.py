@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -175,14 +176,14 @@ def apply_opts(cfg: dict, opts: Iterable[str]) -> dict:
     return cfg
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _parse_value(text: str) -> Any:
     """YAML, except that numbers YAML 1.1 reads as strings (``2e-4``, no dot in the mantissa) become floats."""
     value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
+        return float(value)
     return value
 
 
