@@ -4,11 +4,7 @@
 # the metric table. Everything goes to ${MTL_DEMO_DIR:-/tmp/mtl_demo}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -r requirements.txt
-fi
+source scripts/venv.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 demo="${MTL_DEMO_DIR:-/tmp/mtl_demo}"
 opts=("db_root=$demo/data" "out_dir=$demo/runs")
