@@ -129,6 +129,9 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
           device: torch.device | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a checkpoint on the val split: print the metric table and Δm, write metrics.json/metrics.md.
 
+    ``checkpoint`` is one of ours or a released MTMamba / MTMamba++ file (official format, converted on load and
+    evaluated with ``swin_pad_mode: mmseg``, see :mod:`utils.official`).
+
     Saves ``save_predictions`` maps under ``run_dir/predictions`` and, with ``eval_boundary``, scores the edge
     maps with the SEISM protocol (``boundary_mode``: fast | exact | proxy). ``run_dir`` defaults to
     ``out_dir/version_name``, ``device`` to this rank's device (:func:`utils.distributed.init_distributed`).
@@ -144,11 +147,14 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     from models import build_model
     from utils.checkpoint import load_checkpoint, load_model_state
     from utils.distributed import barrier
+    from utils.official import checkpoint_model_state, config_for_checkpoint
     from utils.trainer import AMP_DTYPES
 
-    model = build_model(cfg).to(device)
+    # the checkpoint first: an official MTMamba/MTMamba++ file sets how the model is built (swin_pad_mode)
     state = load_checkpoint(checkpoint, map_location="cpu")
-    load_model_state(model, state.get("model", state))
+    cfg = config_for_checkpoint(cfg, state)
+    model = build_model(cfg).to(device)
+    load_model_state(model, checkpoint_model_state(state, model))
     save_tasks = list(cfg.get("save_predictions") or [])
     if cfg.get("eval_boundary") and "edge" not in save_tasks:
         save_tasks.append("edge")

@@ -6,10 +6,11 @@ variant's stage module then mixes the task features (MTMamba: STM blocks and a C
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import PatchExpand
 
@@ -34,9 +35,12 @@ class ThreeStageDecoder(nn.Module):
         tasks: task names.
         stages: one module per stage (deepest first) mapping ``{task: (B, H, W, C)}`` to the same,
             with C = encoder_channels[-2 - s] at stage s.
+        fuse: ``fuse(2C, C)`` builds the channels-last layer that reduces the concatenation back to C (default
+            ``nn.Linear``; MTMamba++'s ECR uses a 1×1 convolution, MODELS.md §1.8).
     """
 
-    def __init__(self, encoder_channels: Sequence[int], tasks: Sequence[str], stages: Sequence[nn.Module]) -> None:
+    def __init__(self, encoder_channels: Sequence[int], tasks: Sequence[str], stages: Sequence[nn.Module],
+                 fuse: Callable[[int, int], nn.Module] = nn.Linear) -> None:
         super().__init__()
         self.tasks = list(tasks)
         widths = list(encoder_channels)[::-1]                     # deepest first: 1536, 768, 384, 192
@@ -45,9 +49,10 @@ class ThreeStageDecoder(nn.Module):
         self.expand = nn.ModuleList(
             nn.ModuleDict({t: PatchExpand(c_in) for t in self.tasks}) for c_in in widths[:-1])
         self.fuse = nn.ModuleList(
-            nn.ModuleDict({t: nn.Linear(2 * c, c) for t in self.tasks}) for c in widths[1:])
+            nn.ModuleDict({t: fuse(2 * c, c) for t in self.tasks}) for c in widths[1:])
         self.stages = nn.ModuleList(stages)
         self.out_channels = widths[-1]
+        self.grad_ckpt = False     # recompute each stage in the backward pass (models.execution)
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """NCHW encoder features, shallowest first -> ``{task: (B, H/4, W/4, C_0)}``."""
@@ -56,5 +61,5 @@ class ThreeStageDecoder(nn.Module):
         for s, stage in enumerate(self.stages):
             skip = to_channels_last(features[-2 - s])              # (B, 2h, 2w, C)
             x = {t: self.fuse[s][t](torch.cat([self.expand[s][t](x[t]), skip], dim=-1)) for t in self.tasks}
-            x = stage(x)
+            x = checkpoint(stage, x, use_reentrant=False) if self.grad_ckpt and torch.is_grad_enabled() else stage(x)
         return x

@@ -19,8 +19,9 @@ from .decoder import ThreeStageDecoder
 from .encoders import build_encoder
 from .heads import MultiTaskModel, TaskHead
 from .registry import register_model
+from .task_batched import grouped_ctm, grouped_stm
 
-__all__ = ["TASK_BLOCKS", "MTMambaStage", "build_mtmamba"]
+__all__ = ["TASK_BLOCKS", "MTMambaStage", "build_mtmamba", "encoder_from_config", "assemble_model"]
 
 TASK_BLOCKS = ("mamba", "swin")
 
@@ -56,9 +57,26 @@ class MTMambaStage(nn.Module):
 
         self.task_blocks = nn.ModuleDict({t: nn.Sequential(*(task_block(i) for i in range(n_blocks))) for t in tasks})
         self.ctm = CTM(dim, tasks, drop_path[-1], fusion=ctm_fusion, **ssm_kwargs) if ctm else None
+        self.exec_mode = "reference"   # models.execution: per-task loops | "fast": task-batched blocks
+        plain_ss2d = ssm_kwargs.get("mixer", "ss2d") == "ss2d" and ssm_kwargs.get("gate_mixer", "linear") == "linear"
+        self._grouped_blocks = block == "mamba" and plain_ss2d
+        self._grouped_ctm = ctm and ctm_fusion == "adaptive" and plain_ss2d
 
     def forward(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.exec_mode == "fast" and self._grouped_blocks:
+            return self._forward_grouped(x)
         x = {t: blocks(x[t]) for t, blocks in self.task_blocks.items()}
+        return self.ctm(x) if self.ctm is not None else x
+
+    def _forward_grouped(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The same function with the T task blocks of each depth as one grouped computation (models.task_batched)."""
+        tasks = list(self.task_blocks)
+        z = torch.stack([x[t] for t in tasks])                                   # (T, B, H, W, C)
+        for i in range(len(self.task_blocks[tasks[0]])):
+            z = grouped_stm([self.task_blocks[t][i] for t in tasks], z)
+        if self._grouped_ctm:
+            return dict(zip(tasks, grouped_ctm(self.ctm, z).unbind(0)))
+        x = dict(zip(tasks, z.unbind(0)))
         return self.ctm(x) if self.ctm is not None else x
 
 
@@ -68,14 +86,27 @@ def drop_path_schedule(rate: float, n_stages: int, blocks_per_stage: int) -> lis
     return [rates[s * blocks_per_stage:(s + 1) * blocks_per_stage] for s in range(n_stages)]
 
 
+def encoder_from_config(cfg) -> nn.Module:
+    """The configured Swin encoder (MODELS.md §0.1), built for TRAIN.SCALE."""
+    m = cfg.model
+    train_size, test_size = tuple(cfg.TRAIN.SCALE), tuple(cfg.TEST.SCALE)
+    return build_encoder(m.backbone, img_size=train_size, pretrained=m.pretrained,
+                         pretrained_path=m.pretrained_path, pad_mode=m.swin_pad_mode,
+                         drop_path_rate=m.encoder_drop_path_rate, dynamic_img_size=test_size != train_size,
+                         **(m.get("backbone_kwargs") or {}))
+
+
+def assemble_model(cfg, encoder: nn.Module, stages: Sequence[nn.Module]) -> MultiTaskModel:
+    """The encoder, the three-stage decoder around a variant's ``stages`` and one head per task (Eqs. 26-29)."""
+    decoder = ThreeStageDecoder(encoder.channels, cfg.TASKS.NAMES, stages)
+    heads = {t: TaskHead(decoder.out_channels, cfg.TASKS.NUM_OUTPUT[t]) for t in cfg.TASKS.NAMES}
+    return MultiTaskModel(encoder, decoder, heads)
+
+
 @register_model("mtmamba")
 def build_mtmamba(cfg) -> MultiTaskModel:
     m = cfg.model
-    train_size, test_size = tuple(cfg.TRAIN.SCALE), tuple(cfg.TEST.SCALE)
-    encoder = build_encoder(m.backbone, img_size=train_size, pretrained=m.pretrained,
-                            pretrained_path=m.pretrained_path, pad_mode=m.swin_pad_mode,
-                            drop_path_rate=m.encoder_drop_path_rate, dynamic_img_size=test_size != train_size,
-                            **(m.get("backbone_kwargs") or {}))
+    encoder = encoder_from_config(cfg)
     tasks = cfg.TASKS.NAMES
     widths = encoder.channels[::-1][1:]                          # 768, 384, 192 for Swin-L
     resolutions = [(cfg.TRAIN.SCALE[0] // s, cfg.TRAIN.SCALE[1] // s) for s in encoder.strides[::-1][1:]]
@@ -84,6 +115,4 @@ def build_mtmamba(cfg) -> MultiTaskModel:
     rates = drop_path_schedule(m.drop_path_rate, len(widths), m.stm_blocks + int(m.ctm))
     stages = [MTMambaStage(c, tasks, r, n_blocks=m.stm_blocks, block=m.block, ctm=m.ctm, ctm_fusion=m.ctm_fusion,
                            resolution=res, **ssm) for c, r, res in zip(widths, rates, resolutions)]
-    decoder = ThreeStageDecoder(encoder.channels, tasks, stages)
-    heads = {t: TaskHead(decoder.out_channels, cfg.TASKS.NUM_OUTPUT[t]) for t in tasks}
-    return MultiTaskModel(encoder, decoder, heads)
+    return assemble_model(cfg, encoder, stages)

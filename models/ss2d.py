@@ -19,10 +19,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import WindowMSA
-from .ops.scan_orders import SS2D_ORDERS, cross_merge, cross_scan
+from .ops.scan_orders import SS2D_ORDERS, cross_merge, cross_merge_copies, cross_scan, cross_scan_copies
 from .ops.selective_scan import selective_scan
+from .task_batched import grouped_scan
 
-__all__ = ["SS2D", "MIXERS"]
+__all__ = ["SS2D", "MIXERS", "add_ssm_parameters", "init_ssm_parameters", "ssm_scan"]
 
 MIXERS = {"mixer": ("ss2d", "wmsa"), "gate_mixer": ("linear", "wmsa")}
 
@@ -30,6 +31,68 @@ MIXERS = {"mixer": ("ss2d", "wmsa"), "gate_mixer": ("linear", "wmsa")}
 def _fp32(t: torch.Tensor) -> torch.Tensor:
     """The scan runs in fp32, as in the official code (float64 passes through, for reference checks)."""
     return t if t.dtype == torch.float64 else t.float()
+
+
+def add_ssm_parameters(module: nn.Module, k: int, d_inner: int, d_state: int, dt_rank: int, dt_min: float = 1e-3,
+                       dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0) -> None:
+    """Register K stacked S6 parameter sets on ``module`` under the official names and initialise them (§0.2-§0.3).
+
+    Per set k: ``x_proj_weight[k]`` (x -> Δ_low_rank, B, C), ``dt_projs_weight[k]``/``dt_projs_bias[k]``
+    (Δ_low_rank -> Δ), and the rows k·D..(k+1)·D of ``A_logs`` and ``Ds``.
+    """
+    module.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner))
+    module.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, dt_rank))
+    module.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+    module.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+    module.Ds = nn.Parameter(torch.empty(k * d_inner))
+    init_ssm_parameters(module, dt_min, dt_max, dt_init_floor, dt_scale)
+
+
+@torch.no_grad()
+def init_ssm_parameters(module: nn.Module, dt_min: float, dt_max: float, dt_init_floor: float,
+                        dt_scale: float) -> None:
+    """The official SSM initialisation (MODELS.md §0.2) of the parameters of :func:`add_ssm_parameters`."""
+    k, di, r = module.dt_projs_weight.shape
+    # x_proj: nn.Linear(d_inner, R + 2N) default init, one per direction
+    bound = 1 / math.sqrt(di)
+    module.x_proj_weight.uniform_(-bound, bound)
+    # dt_proj weight ("random" init): U(-R^-1/2, R^-1/2) · dt_scale
+    std = r ** -0.5 * dt_scale
+    module.dt_projs_weight.uniform_(-std, std)
+    # dt_proj bias: softplus(bias) = dt ~ log-uniform in [dt_min, dt_max], floored at dt_init_floor
+    dt = torch.exp(torch.rand(k, di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    module.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+    # S4D-real: A[d, n] = -(n + 1); stored as log
+    a = torch.arange(1, module.A_logs.shape[1] + 1, dtype=torch.float32).repeat(k * di, 1)
+    module.A_logs.copy_(torch.log(a))
+    module.Ds.fill_(1.0)
+    for p in (module.A_logs, module.Ds):
+        p._no_weight_decay = True
+
+
+def ssm_scan(module: nn.Module, xs: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """S6 over K sequences, sequence k with parameter set k of ``module`` (:func:`add_ssm_parameters`).
+
+    (B, K, D, L) -> (B, K, D, L) in fp32: per-set x/dt projections (einsum), then one selective-scan call over K·D
+    channels with B and C grouped per set.
+    """
+    b, k, d, length = xs.shape
+    r, n = module.dt_projs_weight.shape[2], module.A_logs.shape[1]
+    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs, module.x_proj_weight)  # (B, K, R+2N, L)
+    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
+    dts = torch.einsum("b k r l, k d r -> b k d l", dts, module.dt_projs_weight)  # (B, K, D, L)
+    return selective_scan(
+        _fp32(xs.reshape(b, k * d, length)),
+        _fp32(dts.reshape(b, k * d, length)),
+        -torch.exp(_fp32(module.A_logs)),                                          # (K·D, N)
+        _fp32(bs),                                                                 # (B, K, N, L): group k
+        _fp32(cs),
+        _fp32(module.Ds),
+        delta_bias=_fp32(module.dt_projs_bias.reshape(-1)),
+        delta_softplus=True,
+        backend=backend,
+    ).view(b, k, d, length)
 
 
 class SS2D(nn.Module):
@@ -92,6 +155,7 @@ class SS2D(nn.Module):
         self.orders = tuple(orders)
         self.gate = gate
         self.scan_backend = scan_backend
+        self.exec_mode = "reference"   # models.execution: "reference" (official data movement) | "fast"
         k, di, n, r = len(self.orders), self.d_inner, d_state, self.dt_rank
 
         self.in_proj = nn.Linear(in_dim or d_model, di * (2 if gate else 1), bias=False)
@@ -103,41 +167,31 @@ class SS2D(nn.Module):
             return
         self.conv2d = nn.Conv2d(di, di, d_conv, padding=(d_conv - 1) // 2, groups=di, bias=True)
         # per-direction projections, stacked: x -> (Δ_low_rank, B, C) and Δ_low_rank -> Δ
-        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, di))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, di, r))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, di))
-        self.A_logs = nn.Parameter(torch.empty(k * di, n))
-        self.Ds = nn.Parameter(torch.empty(k * di))
+        add_ssm_parameters(self, k, di, n, r, dt_min, dt_max, dt_init_floor, dt_scale)
         self.out_norm = nn.LayerNorm(di)
-        self.reset_parameters(dt_min, dt_max, dt_init_floor, dt_scale)
 
-    @torch.no_grad()
     def reset_parameters(self, dt_min: float, dt_max: float, dt_init_floor: float, dt_scale: float) -> None:
         """The official SSM initialisation (MODELS.md §0.2). Linear/conv layers keep PyTorch defaults."""
-        k, di, r = self.x_proj_weight.shape[0], self.d_inner, self.dt_rank
-        # x_proj: nn.Linear(d_inner, R + 2N) default init, one per direction
-        bound = 1 / math.sqrt(di)
-        self.x_proj_weight.uniform_(-bound, bound)
-        # dt_proj weight ("random" init): U(-R^-1/2, R^-1/2) · dt_scale
-        std = r ** -0.5 * dt_scale
-        self.dt_projs_weight.uniform_(-std, std)
-        # dt_proj bias: softplus(bias) = dt ~ log-uniform in [dt_min, dt_max], floored at dt_init_floor
-        dt = torch.exp(torch.rand(k, di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        # S4D-real: A[d, n] = -(n + 1); stored as log
-        a = torch.arange(1, self.d_state + 1, dtype=torch.float32).repeat(k * di, 1)
-        self.A_logs.copy_(torch.log(a))
-        self.Ds.fill_(1.0)
-        for p in (self.A_logs, self.Ds):
-            p._no_weight_decay = True
+        init_ssm_parameters(self, dt_min, dt_max, dt_init_floor, dt_scale)
 
-    def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """The 2-D selective scan: (B, d_inner, H, W) -> (B, H, W, d_inner), before out_norm."""
+    def scan(self, x: torch.Tensor, ssm_input: torch.Tensor | None = None) -> torch.Tensor:
+        """The 2-D selective scan: (B, d_inner, H, W) -> (B, H, W, d_inner), before out_norm.
+
+        ``ssm_input`` (shape of x, default x) is the map whose sequences give Δ, B and C: MTMamba++'s CSS2D passes
+        the shared map while x, the scanned input, is the task map (MODELS.md §1.8); it runs the reference path.
+
+        ``exec_mode="reference"`` moves the data as the official code does (transpose/flip/cat copies for the
+        four SS2D orders); ``"fast"`` runs :func:`~models.task_batched.grouped_scan` (one gather each way).
+        """
+        if self.exec_mode == "fast" and ssm_input is None:
+            return grouped_scan(x.permute(0, 2, 3, 1).unsqueeze(3), [self]).squeeze(3)
         b, d, h, w = x.shape
         k, length = len(self.orders), h * w
-        xs = cross_scan(x, self.orders)                                            # (B, K, D, L)
-        x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs, self.x_proj_weight)  # (B, K, R+2N, L)
+        official = self.orders == SS2D_ORDERS
+        xs = cross_scan_copies(x) if official else cross_scan(x, self.orders)     # (B, K, D, L)
+        xs_ssm = xs if ssm_input is None else (
+            cross_scan_copies(ssm_input) if official else cross_scan(ssm_input, self.orders))
+        x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs_ssm, self.x_proj_weight)  # (B, K, R+2N, L)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("b k r l, k d r -> b k d l", dts, self.dt_projs_weight)  # (B, K, D, L)
         y = selective_scan(
@@ -151,7 +205,8 @@ class SS2D(nn.Module):
             delta_softplus=True,
             backend=self.scan_backend,
         ).view(b, k, d, length)
-        return cross_merge(y, h, w, self.orders).permute(0, 2, 3, 1).to(x.dtype)    # (B, H, W, D)
+        y = cross_merge_copies(y, h, w) if official else cross_merge(y, h, w, self.orders)
+        return y.permute(0, 2, 3, 1).to(x.dtype)                                   # (B, H, W, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, in_dim) -> (B, H, W, C) with out_proj, else (B, H, W, d_inner)."""

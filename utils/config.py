@@ -92,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "name": "mtmamba",               # registered model (models/registry.py)
         "backbone": "swin_large",        # swin_tiny | swin_small | swin_base | swin_large | custom
+                                         # | vit_large | vit_custom (pame_vit)
         "backbone_kwargs": None,         # extra encoder arguments (e.g. embed_dim/depths for backbone=custom)
         "pretrained": True,              # ImageNet weights through timm (needs internet) ...
         "pretrained_path": None,         # ... or a local Swin weight file (Microsoft, timm or mmseg names)
@@ -105,10 +106,35 @@ DEFAULTS: dict[str, Any] = {
         "mfe": "ss2d",                   # ss2d | wmsa: window attention replaces the SSM part of the MFE (Table 3)
         "gate": "linear",                # linear | wmsa: window attention before every gate Linear (Table 4)
         "wmsa_heads": 6,                 # heads of those window attentions
+        "bim": {                         # model.name=bim: BIM-repro switches, every one INFERRED (MODELS.md §2.3)
+            "n_msst": 2,                 # MSST blocks per task before the shared BCFR block, per stage (>= 1)
+            "ms_scan": "msvmamba",       # msvmamba | split | full: the multi-scale scan of the MSST blocks
+            "bcfr_expand": 2,            # 1 | 2: BCFR inner width E·C, each BI-Scan half E·C/2 channels
+            "bcfr_modes": "cascade",     # cascade (position-first reads the task-first output) | parallel (summed)
+        },
+        "pame": {                        # model.name=pame_vit | pame_swin: PAMM's PAME decoder (MODELS.md §3)
+            "depth": 1,                  # PAME layers per ViT tap (pame_vit) / per decoder stage (pame_swin)
+            "dim": 768,                  # pame_vit decoder width d (768 NYUD, 1024 PASCAL); pame_swin: stage widths
+            "n_experts": 15,             # E shared low-rank Parameter Experts per PE layer (B and C)
+            "expert_rank": 4,            # rank of every expert and of the task-specific path
+            "topk": 9,                   # experts kept per (image, task); the other E - k gates are zeroed
+            "pe_kernel": 1,              # odd kernel of the expert/task/general convs; released code 9 (Q3)
+            "local_conv": "dw",          # dw: depthwise 3x3 + SiLU before expand | none: released code (Q1)
+            "priors": "learnable",       # learnable | frozen: fixed random, released code (Q2) | none (ablation)
+            "router_spatial": "gap",     # gap: global average pool | linear: Linear(H*W -> 1), released code (Q4)
+            "scan": "hilbert",           # hilbert | z | s: MDHS curve, read in 4 rotations
+            "moe_b": True,               # B from the Parameter Experts | false: per-task 1x1 conv
+            "moe_c": True,               # C from the Parameter Experts | false: per-task 1x1 conv
+            "lb_weight": 5.0e-4,         # weight of the CV² load-balancing loss (NYUD 5e-4, PASCAL 1e-4), Q5
+        },
         "d_state": 16,                   # SSM state size N
         "ssm_ratio": 2.0,                # d_inner = ssm_ratio·C
         "dt_rank": "auto",               # "auto" = ceil(C/16), or an int
         "scan_backend": "auto",          # auto | cuda | torch | reference
+        "exec": "fast",                  # fast (task-batched, fused scan glue) | reference (official order); same function
+        "grad_ckpt": False,              # recompute each decoder stage in the backward pass (less memory, ~1 more fwd)
+        "compile": None,                 # null | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile
+                                         # of the decoder stages, applied on the training/inference device
     },
 }
 
@@ -304,16 +330,41 @@ def _validate_model(cfg: dict) -> None:
         raise ConfigError("missing section 'model'")
     from models.blocks import CTM_FUSIONS
     from models.encoders import CUSTOM_ARCH, PAD_MODES, SWIN_VARIANTS
+    from models.execution import COMPILE_MODES, EXEC_MODES
     from models.mtmamba import TASK_BLOCKS
     from models.ops.selective_scan import BACKENDS
     from models.ss2d import MIXERS
+    from models.vit import VIT_ARCHS
 
     choices_by_key = {**MODEL_CHOICES, "block": TASK_BLOCKS, "ctm_fusion": CTM_FUSIONS, "swin_pad_mode": PAD_MODES,
-                      "scan_backend": BACKENDS, "backbone": (*SWIN_VARIANTS, CUSTOM_ARCH),
-                      "mfe": MIXERS["mixer"], "gate": MIXERS["gate_mixer"]}
+                      "scan_backend": BACKENDS, "backbone": (*SWIN_VARIANTS, CUSTOM_ARCH, *VIT_ARCHS),
+                      "mfe": MIXERS["mixer"], "gate": MIXERS["gate_mixer"], "exec": EXEC_MODES,
+                      "compile": COMPILE_MODES, "grad_ckpt": (True, False)}
     for key, choices in choices_by_key.items():
         if key in model and model[key] not in choices:
             raise ConfigError(f"model.{key}={model[key]!r} is not valid; valid: {list(choices)}")
+    from models.bim import BCFR_EXPANSIONS, BCFR_MODES, MS_SCANS
+
+    bim = model["bim"]
+    for key, choices in (("ms_scan", tuple(MS_SCANS)), ("bcfr_expand", BCFR_EXPANSIONS), ("bcfr_modes", BCFR_MODES)):
+        if bim[key] not in choices or type(bim[key]) not in {type(c) for c in choices}:
+            raise ConfigError(f"model.bim.{key}={bim[key]!r} is not valid; valid: {list(choices)}")
+    if not _is_int(bim["n_msst"]) or bim["n_msst"] < 1:
+        raise ConfigError(f"model.bim.n_msst={bim['n_msst']!r} must be a positive integer (MSST blocks per task)")
+    from models.pame import PAME_CHOICES, PAME_INT_KEYS
+
+    pame = model["pame"]
+    for key, choices in PAME_CHOICES.items():
+        if pame[key] not in choices or type(pame[key]) not in {type(c) for c in choices}:
+            raise ConfigError(f"model.pame.{key}={pame[key]!r} is not valid; valid: {list(choices)}")
+    for key in PAME_INT_KEYS:
+        if not _is_int(pame[key]) or pame[key] < 1:
+            raise ConfigError(f"model.pame.{key}={pame[key]!r} must be a positive integer")
+    if pame["topk"] > pame["n_experts"] or pame["pe_kernel"] % 2 == 0:
+        raise ConfigError(f"model.pame.topk={pame['topk']!r} must be <= model.pame.n_experts={pame['n_experts']!r} "
+                          f"and model.pame.pe_kernel={pame['pe_kernel']!r} odd")
+    if not _is_number(pame["lb_weight"]) or pame["lb_weight"] < 0:
+        raise ConfigError(f"model.pame.lb_weight={pame['lb_weight']!r} must be a number >= 0")
 
 
 def load_config(path: str | os.PathLike, opts: Iterable[str] = ()) -> EasyDict:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from models.execution import exec_mode
 from models.ops.selective_scan import SCAN_FUNCTION_NAMES, shapes_only
 
 __all__ = ["count_params", "count_flops", "truncate", "scan_flops"]
@@ -88,10 +89,12 @@ def count_flops(model: nn.Module, input_size: Sequence[int], compute_scans: bool
     counts op by op), and the encoder's count is memoised per architecture and size: the rows of an ablation
     table share it. The scan op is counted by its handle from its input shapes, so by default it runs
     shape-only while fvcore traces (:func:`shapes_only`); ``compute_scans=True`` runs the real op and gives
-    the same count.
+    the same count. The model is traced in its reference execution (the official code's operations); the fast
+    execution computes the same function.
     """
     model = model.eval()
     size = tuple(input_size)
     encoder_flops, shapes = _encoder_flops(model.encoder, size, compute_scans)
     features = tuple(torch.zeros(s) for s in shapes)
-    return encoder_flops + _fvcore_total(_Decode(model, size), features, compute_scans)
+    with exec_mode(model, "reference"):
+        return encoder_flops + _fvcore_total(_Decode(model, size), features, compute_scans)

@@ -71,6 +71,9 @@ class Trainer:
         model = build_model(cfg).to(self.device)
         if dist_info.is_distributed:
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
+            if self.device.type == "cuda":
+                # BatchNorm statistics over all GPUs, as the official MTMamba++ LiteHead (SyncBatchNorm is GPU-only)
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model
         self.optimizer = build_optimizer(cfg, model)

@@ -6,7 +6,10 @@ H×W map: ``seq[i] = x_raster[perm[i]]``. Its inverse ``inv`` maps the sequence 
 cached per (name, H, W, device).
 
 VMamba's SS2D cross-scan (MTMamba Eqs. 13-15, MODELS.md §0.3) reads the map in the four
-orders of ``SS2D_ORDERS``: raster, transposed (column-major), and both reversed.
+orders of ``SS2D_ORDERS``: raster, transposed (column-major), and both reversed. Two implementations:
+``cross_scan``/``cross_merge`` move the data with one gather per call for all orders (the fast execution), and
+``cross_scan_copies``/``cross_merge_copies`` build the four sequences from transpose, flip and concatenation copies,
+the way the official MTMamba code does (the reference execution, PERFORMANCE.md §4.1).
 """
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["SCAN_ORDERS", "SS2D_ORDERS", "scan_order", "cross_scan", "cross_merge"]
+from .curves import CURVE_ORDERS
+
+__all__ = ["SCAN_ORDERS", "SS2D_ORDERS", "scan_order", "stacked_orders", "cross_scan", "cross_merge",
+           "cross_scan_copies", "cross_merge_copies"]
 
 
 def _raster(h: int, w: int) -> torch.Tensor:
@@ -34,6 +40,7 @@ SCAN_ORDERS: dict[str, Callable[[int, int], torch.Tensor]] = {
     "transposed_rev": lambda h, w: _transposed(h, w).flip(0),
 }
 SS2D_ORDERS: tuple[str, ...] = ("raster", "transposed", "raster_rev", "transposed_rev")
+SCAN_ORDERS.update(CURVE_ORDERS)  # PAMM's MDHS: Hilbert / Z / S curves in four rotations (MODELS.md §3.2)
 
 
 @lru_cache(maxsize=None)
@@ -50,6 +57,12 @@ def _order_cpu(name: str, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _stacked(names: tuple[str, ...], h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     perms, invs = zip(*(_order_cpu(n, h, w) for n in names))
     return torch.stack(perms).to(device), torch.stack(invs).to(device)
+
+
+def stacked_orders(orders: Sequence[str], h: int, w: int,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(perms, invs)`` of several orders, each a (K, H·W) int64 tensor on ``device`` (cached)."""
+    return _stacked(tuple(orders), h, w, torch.device(device))
 
 
 def scan_order(name: str, h: int, w: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,3 +86,22 @@ def cross_merge(y: torch.Tensor, h: int, w: int, orders: Sequence[str] = SS2D_OR
     _, inv = _stacked(tuple(orders), h, w, y.device)           # (K, L)
     out = torch.gather(y, 3, inv.view(1, k, 1, -1).expand(b, k, d, -1))
     return out.sum(dim=1).view(b, d, h, w)
+
+
+def cross_scan_copies(x: torch.Tensor) -> torch.Tensor:
+    """``cross_scan`` for ``SS2D_ORDERS`` from copies, as the official code builds it: (B, D, H, W) -> (B, 4, D, L).
+
+    The raster and the transposed sequence are stacked, then the pair is concatenated with its flip.
+    """
+    b, d, h, w = x.shape
+    pair = torch.stack([x.reshape(b, d, h * w), x.transpose(2, 3).contiguous().view(b, d, h * w)], dim=1)
+    return torch.cat([pair, pair.flip(-1)], dim=1)
+
+
+def cross_merge_copies(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``cross_merge`` for ``SS2D_ORDERS`` from copies: un-flip, un-transpose and add. (B, 4, D, L) -> (B, D, H, W)."""
+    b, _, d, length = y.shape
+    unflipped = y[:, 2:4].flip(-1)                                          # raster, transposed
+    transposed = torch.stack([y[:, 1], unflipped[:, 1]], dim=1)            # (B, 2, D, L) in (w, h) order
+    transposed = transposed.view(b, 2, d, w, h).transpose(3, 4).contiguous().view(b, 2, d, length)
+    return (y[:, 0] + unflipped[:, 0] + transposed[:, 0] + transposed[:, 1]).view(b, d, h, w)

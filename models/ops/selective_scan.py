@@ -533,6 +533,7 @@ def _resolve_backend(backend: str, u: Tensor) -> str:
     return backend
 
 
+@torch.compiler.disable(recursive=True)   # torch.compile traces the glue around the scan, never the scan itself
 def selective_scan(
     u: Tensor,
     delta: Tensor,
