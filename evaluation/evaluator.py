@@ -145,6 +145,7 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     from data import build_val_loader
     from evaluation.delta_m import format_delta_m
     from models import build_model
+    from models.execution import compile_decoder
     from utils.checkpoint import load_checkpoint, load_model_state
     from utils.distributed import barrier
     from utils.official import checkpoint_model_state, config_for_checkpoint
@@ -155,6 +156,7 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     cfg = config_for_checkpoint(cfg, state)
     model = build_model(cfg).to(device)
     load_model_state(model, checkpoint_model_state(state, model))
+    compile_decoder(model, cfg.model.compile)
     save_tasks = list(cfg.get("save_predictions") or [])
     if cfg.get("eval_boundary") and "edge" not in save_tasks:
         save_tasks.append("edge")

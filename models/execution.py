@@ -64,6 +64,10 @@ def compile_decoder(model: nn.Module, mode: str | None) -> nn.Module:
     if mode not in COMPILE_MODES:
         raise ValueError(f"model.compile={mode!r} is not valid; valid: {list(COMPILE_MODES)}")
     if mode is not None:
+        import torch._dynamo
+        # the grouped-block functions are shared by all stages and run with T and T+1 groups: one graph per
+        # (stage, group count, grad mode), more than dynamo's default of 8 per function
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         stages = getattr(model.decoder, "stages", None) or [model.decoder]
         for stage in stages:
             stage.compile(mode=mode, dynamic=False)

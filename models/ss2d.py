@@ -11,6 +11,7 @@ checkpoints map one to one. The x/dt projections are stacked per direction and a
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -71,16 +72,18 @@ def init_ssm_parameters(module: nn.Module, dt_min: float, dt_max: float, dt_init
         p._no_weight_decay = True
 
 
-def ssm_scan(module: nn.Module, xs: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+def ssm_scan(module: nn.Module, xs: torch.Tensor, backend: str = "auto",
+             xs_ssm: torch.Tensor | None = None) -> torch.Tensor:
     """S6 over K sequences, sequence k with parameter set k of ``module`` (:func:`add_ssm_parameters`).
 
     (B, K, D, L) -> (B, K, D, L) in fp32: per-set x/dt projections (einsum), then one selective-scan call over K·D
-    channels with B and C grouped per set.
+    channels with B and C grouped per set. Δ, B and C are projected from ``xs_ssm`` (default ``xs``, the scanned
+    input; MTMamba++'s CSS2D projects them from the shared map).
     """
     b, k, d, length = xs.shape
     r, n = module.dt_projs_weight.shape[2], module.A_logs.shape[1]
-    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs, module.x_proj_weight)  # (B, K, R+2N, L)
-    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
+    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs if xs_ssm is None else xs_ssm, module.x_proj_weight)
+    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)                            # (B, K, R | N | N, L)
     dts = torch.einsum("b k r l, k d r -> b k d l", dts, module.dt_projs_weight)  # (B, K, D, L)
     return selective_scan(
         _fp32(xs.reshape(b, k * d, length)),
@@ -185,26 +188,11 @@ class SS2D(nn.Module):
         """
         if self.exec_mode == "fast" and ssm_input is None:
             return grouped_scan(x.permute(0, 2, 3, 1).unsqueeze(3), [self]).squeeze(3)
-        b, d, h, w = x.shape
-        k, length = len(self.orders), h * w
+        h, w = x.shape[-2:]
         official = self.orders == SS2D_ORDERS
-        xs = cross_scan_copies(x) if official else cross_scan(x, self.orders)     # (B, K, D, L)
-        xs_ssm = xs if ssm_input is None else (
-            cross_scan_copies(ssm_input) if official else cross_scan(ssm_input, self.orders))
-        x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs_ssm, self.x_proj_weight)  # (B, K, R+2N, L)
-        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("b k r l, k d r -> b k d l", dts, self.dt_projs_weight)  # (B, K, D, L)
-        y = selective_scan(
-            _fp32(xs.reshape(b, k * d, length)),
-            _fp32(dts.reshape(b, k * d, length)),
-            -torch.exp(_fp32(self.A_logs)),                                        # (K·D, N)
-            _fp32(bs),                                                             # (B, K, N, L): group k
-            _fp32(cs),
-            _fp32(self.Ds),
-            delta_bias=_fp32(self.dt_projs_bias.reshape(-1)),
-            delta_softplus=True,
-            backend=self.scan_backend,
-        ).view(b, k, d, length)
+        serialise = cross_scan_copies if official else functools.partial(cross_scan, orders=self.orders)
+        xs = serialise(x)                                                          # (B, K, D, L)
+        y = ssm_scan(self, xs, self.scan_backend, None if ssm_input is None else serialise(ssm_input))
         y = cross_merge_copies(y, h, w) if official else cross_merge(y, h, w, self.orders)
         return y.permute(0, 2, 3, 1).to(x.dtype)                                   # (B, H, W, D)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops.scan_orders import stacked_orders
+from .ops.scan_orders import SS2D_ORDERS, stacked_orders
 from .ops.selective_scan import selective_scan
 
 __all__ = ["stack_parameters", "grouped_linear", "grouped_layer_norm", "grouped_scan", "grouped_ss2d_core", "grouped_stm",
@@ -53,6 +53,36 @@ def grouped_layer_norm(x: torch.Tensor, norms: Sequence[nn.LayerNorm], group_dim
     return torch.addcmul(stack_parameters(norms, "bias").view(shape), y, stack_parameters(norms, "weight").view(shape))
 
 
+def _cross_scan(x: torch.Tensor, orders: tuple[str, ...]) -> torch.Tensor:
+    """The K sequences of every group, read straight from the channels-last map: (B, H, W, G, D) -> (B, G, K, D, L).
+
+    On the GPU one gather for all orders. On the CPU, where a gather costs more than a copy, VMamba's four orders are
+    built from their structure: the raster and the transposed read, each also flipped.
+    """
+    b, h, w, g, d = x.shape
+    if orders == SS2D_ORDERS and not x.is_cuda:
+        raster = x.permute(0, 3, 4, 1, 2).reshape(b, g, d, h * w)
+        transposed = x.permute(0, 3, 4, 2, 1).reshape(b, g, d, h * w)
+        return torch.stack([raster, transposed, raster.flip(-1), transposed.flip(-1)], dim=2)
+    perm, _ = stacked_orders(orders, h, w, x.device)                           # (K, L)
+    k, length = perm.shape
+    src = x.reshape(b, length, g, d).permute(0, 2, 3, 1).unsqueeze(2)        # (B, G, 1, D, L), a view
+    return torch.gather(src.expand(b, g, k, d, length), 4, perm.view(1, 1, k, 1, length).expand(b, g, k, d, length))
+
+
+def _cross_merge(y: torch.Tensor, h: int, w: int, orders: tuple[str, ...]) -> torch.Tensor:
+    """Every sequence back to raster order, summed over K: (B, G, K, D, L) -> (B, H, W, G, D), a view."""
+    b, g, k, d, length = y.shape
+    if orders == SS2D_ORDERS and not y.is_cuda:
+        y0, y1, y2, y3 = y.unbind(2)
+        raster = (y0 + y2.flip(-1)).view(b, g, d, h, w)
+        transposed = (y1 + y3.flip(-1)).view(b, g, d, w, h).transpose(3, 4)
+        return (raster + transposed).permute(0, 3, 4, 1, 2)
+    _, inv = stacked_orders(orders, h, w, y.device)
+    merged = torch.gather(y, 4, inv.view(1, 1, k, 1, length).expand(b, g, k, d, length)).sum(2)   # (B, G, D, L)
+    return merged.view(b, g, d, h, w).permute(0, 3, 4, 1, 2)
+
+
 def grouped_scan(x: torch.Tensor, ss2ds: Sequence[nn.Module]) -> torch.Tensor:
     """The 2-D selective scan of G SS2D layers in one call: (B, H, W, G, D) -> (B, H, W, G, D), before out_norm.
 
@@ -61,27 +91,29 @@ def grouped_scan(x: torch.Tensor, ss2ds: Sequence[nn.Module]) -> torch.Tensor:
     """
     ref = ss2ds[0]
     b, h, w, g, d = x.shape
-    perm, inv = stacked_orders(ref.orders, h, w, x.device)                    # (K, L)
-    k, length = perm.shape
-    # gather the K sequences straight from the channels-last map: (B, L, G, D) read as (B, G, 1, D, L)
-    src = x.reshape(b, length, g, d).permute(0, 2, 3, 1).unsqueeze(2)
-    xs = torch.gather(src.expand(b, g, k, d, length), 4, perm.view(1, 1, k, 1, length).expand(b, g, k, d, length))
+    k, length = len(ref.orders), h * w
+    xs = _cross_scan(x, ref.orders)                                            # (B, G, K, D, L)
     x_dbl = torch.einsum("bgkdl,gkcd->bgkcl", xs, stack_parameters(ss2ds, "x_proj_weight"))   # (B, G, K, R+2N, L)
     dts, bs, cs = torch.split(x_dbl, [ref.dt_rank, ref.d_state, ref.d_state], dim=3)
     dts = torch.einsum("bgkrl,gkdr->bgkdl", dts, stack_parameters(ss2ds, "dt_projs_weight"))   # (B, G, K, D, L)
-    y = selective_scan(
-        _fp32(xs.reshape(b, g * k * d, length)),
-        _fp32(dts.reshape(b, g * k * d, length)),
-        -torch.exp(_fp32(stack_parameters(ss2ds, "A_logs").flatten(0, 1))),  # (G·K·D, N)
-        _fp32(bs.reshape(b, g * k, ref.d_state, length)),                    # (B, G·K, N, L): group (g, k)
-        _fp32(cs.reshape(b, g * k, ref.d_state, length)),
-        _fp32(stack_parameters(ss2ds, "Ds").flatten()),
-        delta_bias=_fp32(stack_parameters(ss2ds, "dt_projs_bias").flatten()),
+    params = [stack_parameters(ss2ds, name) for name in ("A_logs", "Ds", "dt_projs_bias")]
+    # one call for all G·K groups on the GPU; the pure-PyTorch scan blocks channels within groups, and many groups
+    # per call shrink its blocks, so off the GPU each layer's K groups get their own call (same result)
+    n_calls = 1 if x.is_cuda else g
+    ys = [selective_scan(
+        _fp32(u.reshape(b, -1, length)),
+        _fp32(dt.reshape(b, -1, length)),
+        -torch.exp(_fp32(a_log.flatten(0, 1))),                                # (G'·K·D, N)
+        _fp32(bm.reshape(b, -1, ref.d_state, length)),                        # (B, G'·K, N, L): group (g, k)
+        _fp32(cm.reshape(b, -1, ref.d_state, length)),
+        _fp32(dsk.flatten()),
+        delta_bias=_fp32(bias.flatten()),
         delta_softplus=True,
         backend=ref.scan_backend,
-    ).view(b, g, k, d, length)
-    merged = torch.gather(y, 4, inv.view(1, 1, k, 1, length).expand(b, g, k, d, length)).sum(2)   # (B, G, D, L)
-    return merged.permute(0, 3, 1, 2).reshape(b, h, w, g, d).to(x.dtype)
+    ) for u, dt, bm, cm, a_log, dsk, bias in zip(*(t.chunk(n_calls, dim=1) for t in (xs, dts, bs, cs)),
+                                                   *(p.chunk(n_calls, dim=0) for p in params))]
+    y = (ys[0] if n_calls == 1 else torch.cat(ys, dim=1)).view(b, g, k, d, length)
+    return _cross_merge(y, h, w, ref.orders).reshape(b, h, w, g, d).to(x.dtype)
 
 
 def grouped_ss2d_core(x: torch.Tensor, ss2ds: Sequence[nn.Module]) -> torch.Tensor:

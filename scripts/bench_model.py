@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(f"# {args.config_exp} {' '.join(args.opts)} | {args.mode} | batch {batch} | {size[0]}x{size[1]} | "
           f"{device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
           f" | torch {torch.__version__} | compile={args.compile}")
+    step(rows[0])                                                        # one-time allocations (optimizer state)
     for row in rows:                                                     # warm-up and peak memory per row
         memory.start()
         for _ in range(args.warmup):
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
           + (" | scan share" if args.profile else ""))
     for row in rows:
         ms = statistics.median(row.times)
-        line = (f"{row.exec_mode:<9} {row.amp:<4} {row.grad_ckpt:<4} | {batch / ms:8.2f} | {1000 * ms:9.1f} | "
+        line = (f"{row.exec_mode:<9} {row.amp:<4} {row.grad_ckpt:<4} | {batch / ms:8.3g} | {1000 * ms:9.1f} | "
                 f"{row.peak:9.0f} | {base / ms:6.2f}x")
         if args.profile:
             line += f" | {scan_share(step, row, device):9.1%}"

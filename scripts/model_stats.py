@@ -6,8 +6,9 @@
     python scripts/model_stats.py --config_exp configs/ablations/table2_single_task_*.yml   # a row of several models
 
 Output lines per config: ``params: N`` (exact integer), ``params_M: X`` (millions, truncated to 2 decimals as
-the paper prints them), ``flops: N`` and ``gflops: X`` (truncated to 2 decimals) at batch 1 and the config's
-TRAIN.SCALE. With several configs (the paper's single-task row is four models), each block is headed by
+the paper prints them), ``flops: N``, ``gflops: X`` (truncated to 2 decimals, as the MTMamba paper prints them) and
+``gflops_rounded: X`` (the same count rounded, the form quoted for MTMamba++: 523.91 / 609.57), at batch 1 and the
+config's TRAIN.SCALE. With several configs (the paper's single-task row is four models), each block is headed by
 ``== FILE ==`` and the closing ``sum params_M:`` / ``sum gflops:`` lines add the truncated per-model values,
 as the paper does. The models are built with random weights (no download); the FLOP count traces one forward
 pass on the CPU, with the scans counted from their shapes. ``--params-only`` builds on the meta device.
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, int]]:
         if "flops" in stats:
             print(f"flops: {stats['flops']}")
             print(f"gflops: {truncate(stats['flops'] / 1e9):.2f}")
+            print(f"gflops_rounded: {stats['flops'] / 1e9:.2f}")
         results.append(stats)
     if len(results) > 1:
         print(f"sum params_M: {sum(truncate(r['params'] / 1e6) for r in results):.2f}")

@@ -3,8 +3,8 @@
 The official files (``mtmamba_{nyud,pascal}.pth.tar``, ``mtmamba_plus_{nyud,pascal}.pth.tar``) are
 ``{'model': state_dict}`` saved from the DDP-wrapped model of the official code, so every key starts with
 ``module.``. The backbone is mmseg's Swin (``module.backbone.<mmseg name>``, with the persistent
-``relative_position_index`` buffers), the decoder has the official module names (PERFORMANCE.md §1.4;
-the exact key lists are in the reference manifests).
+``relative_position_index`` buffers), the decoder has the official module names (PERFORMANCE.md §1.4, MODELS.md
+§1.8; every key and shape of the four files is listed in tests/assets/official_state_dict_manifests.json).
 
 The mapping is the official key layout of a built model, :func:`official_layout`: one ``(official key, our key)``
 pair per official entry, in the official order. Backbone names go through the mmseg <-> timm Swin conversion of

@@ -26,6 +26,7 @@ from evaluation.delta_m import default_baseline, delta_m
 from evaluation.evaluator import evaluate
 from losses import build_loss
 from models import build_model
+from models.execution import compile_decoder
 from utils.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, unwrap_model
 from utils.config import config_to_dict
 from utils.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, is_main_process
@@ -68,7 +69,7 @@ class Trainer:
         self.device = dist_info.device
         self.seed = int(cfg.get("seed", 0))
         torch.manual_seed(self.seed)
-        model = build_model(cfg).to(self.device)
+        model = compile_decoder(build_model(cfg).to(self.device), cfg.model.compile)
         if dist_info.is_distributed:
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
             if self.device.type == "cuda":
