@@ -149,3 +149,34 @@ def test_flop_count_is_the_reference_count_in_either_mode():
     fast = count_flops(set_exec_mode(model, "fast"), (64, 96))
     assert model.decoder.stages[0].exec_mode == "fast"
     assert fast == count_flops(set_exec_mode(model, "reference"), (64, 96)) > 0
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (6, 4)])
+def test_grouped_cross_scan_and_merge_both_implementations(hw):
+    """The gather (GPU) and the structured (CPU) data movement equal the per-layer cross_scan / cross_merge."""
+    from models.ops.scan_orders import SS2D_ORDERS, cross_merge, cross_scan
+    from models.task_batched import gather_cross_merge, gather_cross_scan, ss2d_cross_merge, ss2d_cross_scan
+    h, w = hw
+    x = torch.randn(2, h, w, 3, 5)                                           # (B, H, W, G, D)
+    expected = torch.stack([cross_scan(x[..., g, :].permute(0, 3, 1, 2)) for g in range(3)], dim=1)
+    assert torch.equal(gather_cross_scan(x, SS2D_ORDERS), expected)
+    assert torch.equal(ss2d_cross_scan(x), expected)
+    y = torch.randn(2, 3, 4, 5, h * w)                                       # (B, G, K, D, L)
+    merged = torch.stack([cross_merge(y[:, g], h, w) for g in range(3)], dim=1).permute(0, 3, 4, 1, 2)
+    torch.testing.assert_close(gather_cross_merge(y, h, w, SS2D_ORDERS), merged, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ss2d_cross_merge(y, h, w), merged, rtol=1e-6, atol=1e-6)
+
+
+def test_fast_ss2d_with_other_orders_takes_the_gather_path():
+    from models.ss2d import SS2D
+    torch.manual_seed(0)
+    layer = SS2D(8, orders=("transposed", "raster_rev"), scan_backend="torch")
+    x = torch.randn(2, 5, 7, 8, requires_grad=True)
+    grads = {}
+    for mode in ("reference", "fast"):
+        layer.exec_mode = mode
+        out = layer(x)
+        grads[mode] = torch.autograd.grad(out.square().sum(), [x, *layer.parameters()])
+        grads[mode] = (out.detach(), *grads[mode])
+    for ref, fast in zip(grads["reference"], grads["fast"]):
+        assert rel(fast, ref) <= FP32_TOL

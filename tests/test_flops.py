@@ -28,7 +28,7 @@ def test_truncate_is_not_rounding():
 def test_scan_is_one_opaque_op_counted_by_its_handle():
     """The real op traces as one node per SS2D, counted as 9·B·L·D·N + B·D·L, whatever the backend does inside."""
     torch.manual_seed(0)
-    model = build_model(load_config("configs/mtmamba_nyud.yml", TINY))
+    model = build_model(load_config("configs/mtmamba_nyud.yml", [*TINY, "model.exec=reference"]))
     real = count_flops(model, (64, 96), compute_scans=True)
     assert count_flops(model, (64, 96)) == real          # the default traces with shape-only scans
 
