@@ -89,6 +89,12 @@ def ss2d_cross_merge(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (raster + transposed).permute(0, 3, 4, 1, 2)
 
 
+def scan_calls(x: torch.Tensor, groups: int) -> int:
+    """Selective-scan calls for ``groups`` layers: one for all G·K groups on the GPU; the pure-PyTorch scan blocks
+    channels within groups, and many groups per call shrink its blocks, so off the GPU one call per layer."""
+    return 1 if x.is_cuda else groups
+
+
 def grouped_scan(x: torch.Tensor, ss2ds: Sequence[nn.Module]) -> torch.Tensor:
     """The 2-D selective scan of G SS2D layers in one call: (B, H, W, G, D) -> (B, H, W, G, D), before out_norm.
 
@@ -105,9 +111,7 @@ def grouped_scan(x: torch.Tensor, ss2ds: Sequence[nn.Module]) -> torch.Tensor:
     dts, bs, cs = torch.split(x_dbl, [ref.dt_rank, ref.d_state, ref.d_state], dim=3)
     dts = torch.einsum("bgkrl,gkdr->bgkdl", dts, stack_parameters(ss2ds, "dt_projs_weight"))   # (B, G, K, D, L)
     params = [stack_parameters(ss2ds, name) for name in ("A_logs", "Ds", "dt_projs_bias")]
-    # one call for all G·K groups on the GPU; the pure-PyTorch scan blocks channels within groups, and many groups
-    # per call shrink its blocks, so off the GPU each layer's K groups get their own call (same result)
-    n_calls = 1 if x.is_cuda else g
+    n_calls = scan_calls(x, g)
     ys = [selective_scan(
         _fp32(u.reshape(b, -1, length)),
         _fp32(dt.reshape(b, -1, length)),

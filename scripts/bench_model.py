@@ -15,7 +15,9 @@ is forward + backward of the sum of the mean squared outputs (a stand-in for the
 step; inference is a forward pass under ``torch.inference_mode``. Inputs are random, weights random (no download).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` per row; on the CPU the peak resident set above the
-resident set before the row (the kernel's peak counter is reset through /proc/self/clear_refs, Linux only).
+resident set before the row (the kernel's peak counter is reset through /proc/self/clear_refs, Linux only). Memory
+that the C allocator keeps after an earlier row is not counted again, so on the CPU only the first row's figure is an
+absolute peak; compare CPU memory with one row per run.
 Every loss is checked to be finite.
 """
 from __future__ import annotations
