@@ -36,7 +36,7 @@ from .ops.curves import CURVES, curve_orders
 from .ops.scan_orders import cross_merge, cross_scan
 from .ops.selective_scan import selective_scan
 from .registry import register_model
-from .ss2d import _fp32, init_ssm_parameters
+from .ss2d import init_ssm_parameters, to_scan_dtype
 from .vit import build_vit_encoder
 
 __all__ = ["PAME_CHOICES", "PAME_INT_KEYS", "Router", "ParameterExperts", "PAMELayer", "PAMEStage", "PAMMDecoder",
@@ -333,14 +333,14 @@ class PAMELayer(nn.Module):
         us, dts, bs, cs = seqs.split([di, di, n, n], dim=3)
 
         def per_sequence(p: torch.Tensor) -> torch.Tensor:                           # (T, ...) -> (T·K·...)
-            return _fp32(p).unsqueeze(1).expand(n_tasks, k, *p.shape[1:]).reshape(-1, *p.shape[2:])
+            return to_scan_dtype(p).unsqueeze(1).expand(n_tasks, k, *p.shape[1:]).reshape(-1, *p.shape[2:])
 
         y = selective_scan(
-            _fp32(us.reshape(b, -1, h * w)),                                         # (B, T·K·Di, L)
-            _fp32(dts.reshape(b, -1, h * w)),
+            to_scan_dtype(us.reshape(b, -1, h * w)),                                         # (B, T·K·Di, L)
+            to_scan_dtype(dts.reshape(b, -1, h * w)),
             per_sequence(-torch.exp(self.A_logs.view(n_tasks, di, n))),             # (T·K·Di, N)
-            _fp32(bs.reshape(b, n_tasks * k, n, h * w)),                             # group t·K + k
-            _fp32(cs.reshape(b, n_tasks * k, n, h * w)),
+            to_scan_dtype(bs.reshape(b, n_tasks * k, n, h * w)),                             # group t·K + k
+            to_scan_dtype(cs.reshape(b, n_tasks * k, n, h * w)),
             per_sequence(self.Ds.view(n_tasks, di)),                                # (T·K·Di,)
             delta_bias=per_sequence(self.dt_projs_bias),
             delta_softplus=True,

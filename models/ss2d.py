@@ -20,16 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import WindowMSA
-from .ops.scan_orders import SS2D_ORDERS, cross_merge, cross_merge_copies, cross_scan, cross_scan_copies
+from .ops.scan_orders import (SS2D_ORDERS, cross_merge, cross_merge_channels_last, cross_merge_copies, cross_scan,
+                              cross_scan_channels_last, cross_scan_copies)
 from .ops.selective_scan import selective_scan
-from .task_batched import grouped_scan
 
-__all__ = ["SS2D", "MIXERS", "add_ssm_parameters", "init_ssm_parameters", "ssm_scan"]
+__all__ = ["SS2D", "MIXERS", "add_ssm_parameters", "init_ssm_parameters", "ssm_scan", "scan_parameter_sets",
+           "to_scan_dtype"]
 
 MIXERS = {"mixer": ("ss2d", "wmsa"), "gate_mixer": ("linear", "wmsa")}
 
 
-def _fp32(t: torch.Tensor) -> torch.Tensor:
+def to_scan_dtype(t: torch.Tensor) -> torch.Tensor:
     """The scan runs in fp32, as in the official code (float64 passes through, for reference checks)."""
     return t if t.dtype == torch.float64 else t.float()
 
@@ -74,28 +75,40 @@ def init_ssm_parameters(module: nn.Module, dt_min: float, dt_max: float, dt_init
 
 def ssm_scan(module: nn.Module, xs: torch.Tensor, backend: str = "auto",
              xs_ssm: torch.Tensor | None = None) -> torch.Tensor:
-    """S6 over K sequences, sequence k with parameter set k of ``module`` (:func:`add_ssm_parameters`).
+    """S6 over K sequences, sequence k with parameter set k of ``module`` (:func:`add_ssm_parameters`):
+    (B, K, D, L) -> (B, K, D, L) in fp32. See :func:`scan_parameter_sets`."""
+    return scan_parameter_sets(xs, module.x_proj_weight, module.dt_projs_weight, module.dt_projs_bias,
+                               module.A_logs, module.Ds, backend, xs_ssm)
 
-    (B, K, D, L) -> (B, K, D, L) in fp32: per-set x/dt projections (einsum), then one selective-scan call over K·D
-    channels with B and C grouped per set. Δ, B and C are projected from ``xs_ssm`` (default ``xs``, the scanned
-    input; MTMamba++'s CSS2D projects them from the shared map).
+
+def scan_parameter_sets(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
+                        dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor, backend: str = "auto",
+                        xs_ssm: torch.Tensor | None = None, calls: int = 1) -> torch.Tensor:
+    """S6 over K sequences with K stacked parameter sets (shapes of :func:`add_ssm_parameters`).
+
+    (B, K, D, L) -> (B, K, D, L) in fp32: per-set x/dt projections (einsum), then the selective scan over K·D channels
+    with B and C grouped per set, in ``calls`` calls over consecutive sets (one by default). Δ, B and C are projected
+    from ``xs_ssm`` (default ``xs``, the scanned input; MTMamba++'s CSS2D projects them from the shared map).
     """
     b, k, d, length = xs.shape
-    r, n = module.dt_projs_weight.shape[2], module.A_logs.shape[1]
-    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs if xs_ssm is None else xs_ssm, module.x_proj_weight)
+    r, n = dt_projs_weight.shape[2], A_logs.shape[1]
+    x_dbl = torch.einsum("b k d l, k c d -> b k c l", xs if xs_ssm is None else xs_ssm, x_proj_weight)
     dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)                            # (B, K, R | N | N, L)
-    dts = torch.einsum("b k r l, k d r -> b k d l", dts, module.dt_projs_weight)  # (B, K, D, L)
-    return selective_scan(
-        _fp32(xs.reshape(b, k * d, length)),
-        _fp32(dts.reshape(b, k * d, length)),
-        -torch.exp(_fp32(module.A_logs)),                                          # (K·D, N)
-        _fp32(bs),                                                                 # (B, K, N, L): group k
-        _fp32(cs),
-        _fp32(module.Ds),
-        delta_bias=_fp32(module.dt_projs_bias.reshape(-1)),
+    dts = torch.einsum("b k r l, k d r -> b k d l", dts, dt_projs_weight)         # (B, K, D, L)
+    per_set = [t.chunk(calls, dim=1) for t in (xs, dts, bs, cs)]             # consecutive sets per call
+    per_set += [t.chunk(calls, dim=0) for t in (A_logs.view(k, d, n), Ds.view(k, d), dt_projs_bias)]
+    ys = [selective_scan(
+        to_scan_dtype(u.reshape(b, -1, length)),
+        to_scan_dtype(dt.reshape(b, -1, length)),
+        -torch.exp(to_scan_dtype(a_log.reshape(-1, n))),                          # (K'·D, N)
+        to_scan_dtype(bm),                                                         # (B, K', N, L): group k
+        to_scan_dtype(cm),
+        to_scan_dtype(dsk.reshape(-1)),
+        delta_bias=to_scan_dtype(bias.reshape(-1)),
         delta_softplus=True,
         backend=backend,
-    ).view(b, k, d, length)
+    ) for u, dt, bm, cm, a_log, dsk, bias in zip(*per_set)]
+    return (ys[0] if calls == 1 else torch.cat(ys, dim=1)).view(b, k, d, length)
 
 
 class SS2D(nn.Module):
@@ -184,11 +197,14 @@ class SS2D(nn.Module):
         the shared map while x, the scanned input, is the task map (MODELS.md §1.8); it runs the reference path.
 
         ``exec_mode="reference"`` moves the data as the official code does (transpose/flip/cat copies for the
-        four SS2D orders); ``"fast"`` runs :func:`~models.task_batched.grouped_scan` (one gather each way).
+        four SS2D orders); ``"fast"`` reads and merges the sequences on the channels-last map (one gather each way on
+        the GPU, :func:`~models.ops.scan_orders.cross_scan_channels_last`).
         """
-        if self.exec_mode == "fast" and ssm_input is None:
-            return grouped_scan(x.permute(0, 2, 3, 1).unsqueeze(3), [self]).squeeze(3)
         h, w = x.shape[-2:]
+        if self.exec_mode == "fast" and ssm_input is None:
+            xs = cross_scan_channels_last(x.permute(0, 2, 3, 1).unsqueeze(3), self.orders)[:, 0]   # (B, K, D, L)
+            y = ssm_scan(self, xs, self.scan_backend).unsqueeze(1)
+            return cross_merge_channels_last(y, h, w, self.orders).squeeze(3).to(x.dtype)  # (B, H, W, D)
         official = self.orders == SS2D_ORDERS
         serialise = cross_scan_copies if official else functools.partial(cross_scan, orders=self.orders)
         xs = serialise(x)                                                          # (B, K, D, L)

@@ -18,16 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops.scan_orders import SS2D_ORDERS, stacked_orders
-from .ops.selective_scan import selective_scan
+from .ops.scan_orders import cross_merge_channels_last, cross_scan_channels_last
+from .ss2d import scan_parameter_sets
 
-__all__ = ["stack_parameters", "grouped_linear", "grouped_layer_norm", "gather_cross_scan", "gather_cross_merge",
-           "ss2d_cross_scan", "ss2d_cross_merge", "grouped_scan", "grouped_ss2d_core", "grouped_stm",
+__all__ = ["stack_parameters", "grouped_linear", "grouped_layer_norm", "scan_calls", "grouped_scan",
+           "grouped_ss2d_core", "grouped_stm",
            "grouped_ctm"]
-
-
-def _fp32(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
 
 
 def stack_parameters(modules: Sequence[nn.Module], name: str) -> torch.Tensor:
@@ -54,41 +50,6 @@ def grouped_layer_norm(x: torch.Tensor, norms: Sequence[nn.LayerNorm], group_dim
     return torch.addcmul(stack_parameters(norms, "bias").view(shape), y, stack_parameters(norms, "weight").view(shape))
 
 
-def gather_cross_scan(x: torch.Tensor, orders: Sequence[str]) -> torch.Tensor:
-    """The K sequences of every group with one gather from the channels-last map: (B, H, W, G, D) -> (B, G, K, D, L)."""
-    b, h, w, g, d = x.shape
-    perm, _ = stacked_orders(orders, h, w, x.device)                           # (K, L)
-    k, length = perm.shape
-    src = x.reshape(b, length, g, d).permute(0, 2, 3, 1).unsqueeze(2)        # (B, G, 1, D, L), a view
-    return torch.gather(src.expand(b, g, k, d, length), 4, perm.view(1, 1, k, 1, length).expand(b, g, k, d, length))
-
-
-def gather_cross_merge(y: torch.Tensor, h: int, w: int, orders: Sequence[str]) -> torch.Tensor:
-    """Every sequence back to raster order with one gather, summed over K: (B, G, K, D, L) -> (B, H, W, G, D), a view."""
-    b, g, k, d, length = y.shape
-    _, inv = stacked_orders(orders, h, w, y.device)
-    merged = torch.gather(y, 4, inv.view(1, 1, k, 1, length).expand(b, g, k, d, length)).sum(2)   # (B, G, D, L)
-    return merged.view(b, g, d, h, w).permute(0, 3, 4, 1, 2)
-
-
-def ss2d_cross_scan(x: torch.Tensor) -> torch.Tensor:
-    """:func:`gather_cross_scan` for VMamba's four orders, from their structure: the raster and the transposed read,
-    each also flipped (cheaper than a gather on the CPU)."""
-    b, h, w, g, d = x.shape
-    raster = x.permute(0, 3, 4, 1, 2).reshape(b, g, d, h * w)
-    transposed = x.permute(0, 3, 4, 2, 1).reshape(b, g, d, h * w)
-    return torch.stack([raster, transposed, raster.flip(-1), transposed.flip(-1)], dim=2)
-
-
-def ss2d_cross_merge(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """:func:`gather_cross_merge` for VMamba's four orders, from their structure."""
-    b, g, _, d, _ = y.shape
-    y0, y1, y2, y3 = y.unbind(2)
-    raster = (y0 + y2.flip(-1)).view(b, g, d, h, w)
-    transposed = (y1 + y3.flip(-1)).view(b, g, d, w, h).transpose(3, 4)
-    return (raster + transposed).permute(0, 3, 4, 1, 2)
-
-
 def scan_calls(x: torch.Tensor, groups: int) -> int:
     """Selective-scan calls for ``groups`` layers: one for all G·K groups on the GPU; the pure-PyTorch scan blocks
     channels within groups, and many groups per call shrink its blocks, so off the GPU one call per layer."""
@@ -103,30 +64,12 @@ def grouped_scan(x: torch.Tensor, ss2ds: Sequence[nn.Module]) -> torch.Tensor:
     """
     ref = ss2ds[0]
     b, h, w, g, d = x.shape
-    k, length = len(ref.orders), h * w
-    # GPU: one gather each way; CPU, where a gather costs more than a copy: VMamba's orders from their structure
-    structured = ref.orders == SS2D_ORDERS and not x.is_cuda
-    xs = ss2d_cross_scan(x) if structured else gather_cross_scan(x, ref.orders)   # (B, G, K, D, L)
-    x_dbl = torch.einsum("bgkdl,gkcd->bgkcl", xs, stack_parameters(ss2ds, "x_proj_weight"))   # (B, G, K, R+2N, L)
-    dts, bs, cs = torch.split(x_dbl, [ref.dt_rank, ref.d_state, ref.d_state], dim=3)
-    dts = torch.einsum("bgkrl,gkdr->bgkdl", dts, stack_parameters(ss2ds, "dt_projs_weight"))   # (B, G, K, D, L)
-    params = [stack_parameters(ss2ds, name) for name in ("A_logs", "Ds", "dt_projs_bias")]
-    n_calls = scan_calls(x, g)
-    ys = [selective_scan(
-        _fp32(u.reshape(b, -1, length)),
-        _fp32(dt.reshape(b, -1, length)),
-        -torch.exp(_fp32(a_log.flatten(0, 1))),                                # (G'·K·D, N)
-        _fp32(bm.reshape(b, -1, ref.d_state, length)),                        # (B, G'·K, N, L): group (g, k)
-        _fp32(cm.reshape(b, -1, ref.d_state, length)),
-        _fp32(dsk.flatten()),
-        delta_bias=_fp32(bias.flatten()),
-        delta_softplus=True,
-        backend=ref.scan_backend,
-    ) for u, dt, bm, cm, a_log, dsk, bias in zip(*(t.chunk(n_calls, dim=1) for t in (xs, dts, bs, cs)),
-                                                   *(p.chunk(n_calls, dim=0) for p in params))]
-    y = (ys[0] if n_calls == 1 else torch.cat(ys, dim=1)).view(b, g, k, d, length)
-    y = ss2d_cross_merge(y, h, w) if structured else gather_cross_merge(y, h, w, ref.orders)
-    return y.reshape(b, h, w, g, d).to(x.dtype)
+    xs = cross_scan_channels_last(x, ref.orders)                               # (B, G, K, D, L)
+    k = xs.shape[2]
+    y = scan_parameter_sets(xs.flatten(1, 2), *(stack_parameters(ss2ds, name).flatten(0, 1) for name in (
+        "x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")), backend=ref.scan_backend,
+        calls=scan_calls(x, g))                                                # G·K parameter sets
+    return cross_merge_channels_last(y.view(b, g, k, d, h * w), h, w, ref.orders).reshape(b, h, w, g, d).to(x.dtype)
 
 
 def grouped_ss2d_core(x: torch.Tensor, ss2ds: Sequence[nn.Module]) -> torch.Tensor:

@@ -45,9 +45,10 @@ def run(model, mode: str, image: torch.Tensor, amp: bool = False):
 @pytest.mark.parametrize("dataset,one_call", [("nyud", False), ("pascal", False), ("nyud", True)])
 def test_fast_equals_reference_fp32(dataset, one_call, monkeypatch):
     if one_call:   # the GPU's data movement on the CPU: one gather each way, one scan call for all layers
+        import models.ops.scan_orders as so
         import models.task_batched as tb
         monkeypatch.setattr(tb, "scan_calls", lambda x, groups: 1)
-        monkeypatch.setattr(tb, "SS2D_ORDERS", ())
+        monkeypatch.setattr(so, "structured_layout", lambda orders, device: False)
     model = tiny_model(dataset).train()
     image = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     ref_out, ref_grad = run(model, "reference", image)
@@ -158,8 +159,8 @@ def test_flop_count_is_the_reference_count_in_either_mode():
 @pytest.mark.parametrize("hw", [(1, 1), (3, 5), (6, 4)])
 def test_grouped_cross_scan_and_merge_both_implementations(hw):
     """The gather (GPU) and the structured (CPU) data movement equal the per-layer cross_scan / cross_merge."""
-    from models.ops.scan_orders import SS2D_ORDERS, cross_merge, cross_scan
-    from models.task_batched import gather_cross_merge, gather_cross_scan, ss2d_cross_merge, ss2d_cross_scan
+    from models.ops.scan_orders import (SS2D_ORDERS, cross_merge, cross_scan, gather_cross_merge, gather_cross_scan,
+                                        ss2d_cross_merge, ss2d_cross_scan)
     h, w = hw
     x = torch.randn(2, h, w, 3, 5)                                           # (B, H, W, G, D)
     expected = torch.stack([cross_scan(x[..., g, :].permute(0, 3, 1, 2)) for g in range(3)], dim=1)
