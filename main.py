@@ -7,16 +7,20 @@
     python main.py --run_mode train --config_exp configs/demo_nyud.yml --opts max_iter=100 db_root=/data
 
 Runs write to ``out_dir/version_name/`` (config.yaml, log.txt, tb/, checkpoints/, metrics.json, metrics.md).
-Training resumes from ``checkpoints/last.pth`` when it exists, unless ``--no_resume``.
+Training resumes from ``checkpoints/last.pth`` when it exists, unless ``--no_resume``. Exit status: 0 on success,
+1 on an error (one line names the culprit; the traceback is in log.txt, or printed with ``--debug``), 128 + the
+signal number (143 SIGTERM, 130 SIGINT) when a stop signal ended training after saving last.pth.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+from datetime import timedelta
 from pathlib import Path
 
-from utils.config import load_config, save_config
+from utils.config import load_config
 from utils.distributed import cleanup, init_distributed
-from utils.logger import setup_logging
+from utils.logger import log_fatal, setup_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,30 +31,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opts", nargs="*", default=[], help="dotted overrides, e.g. max_iter=1000 db_root=/data")
     parser.add_argument("--seed", type=int, help="overrides the config's seed")
     parser.add_argument("--no_resume", action="store_true", help="start from scratch even if last.pth exists")
+    parser.add_argument("--apply_config_changes", action="store_true",
+                        help="resume although the config differs from the checkpoint's; the new values take effect")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of an error")
     args = parser.parse_args(argv)
     if args.run_mode == "infer" and not args.trained_model:
         parser.error("--run_mode infer needs --trained_model CHECKPOINT")
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def run(args: argparse.Namespace, run_dir_box: list[Path]) -> int:
     cfg = load_config(args.config_exp, [*args.opts, *([f"seed={args.seed}"] if args.seed is not None else [])])
-    info = init_distributed()
+    info = init_distributed(timeout=timedelta(seconds=float(cfg.dist_timeout)))
     run_dir = Path(cfg.out_dir) / cfg.version_name
+    run_dir_box.append(run_dir)
     setup_logging(run_dir, info.rank)
-    if info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
     try:
         if args.run_mode == "train":
             from utils.trainer import train
-            train(cfg, run_dir, info, resume=not args.no_resume)
-        else:
-            from evaluation.evaluator import infer
-            infer(cfg, args.trained_model, run_dir, info.device)
+            trainer = train(cfg, run_dir, info, resume=not args.no_resume, apply_changes=args.apply_config_changes)
+            return 128 + trainer.stop_signal if trainer.stop_signal else 0
+        from evaluation.evaluator import infer
+        infer(cfg, args.trained_model, run_dir, info.device)
+        return 0
     finally:
         cleanup()
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (see the module docstring)."""
+    args = parse_args(argv)
+    run_dir_box: list[Path] = []
+    try:
+        return run(args, run_dir_box)
+    except Exception as e:
+        if args.debug:
+            raise
+        where = f"{run_dir_box[0] / 'log.txt'}, or rerun with --debug" if run_dir_box else "rerun with --debug"
+        log_fatal(e, f"{type(e).__name__}: {e} (traceback: {where})")
+        return 1
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

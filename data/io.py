@@ -12,8 +12,8 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
-__all__ = ["DatasetError", "check_root", "read_split", "decode", "read_image", "read_png", "read_npy",
-           "read_mat", "check_size", "check_tasks"]
+__all__ = ["DatasetError", "check_root", "read_split", "check_labels", "decode", "read_image", "read_png",
+           "read_npy", "read_mat", "check_size", "check_tasks"]
 
 T = TypeVar("T")
 
@@ -35,16 +35,35 @@ def check_root(root: Path, required: Sequence[str], layout: str) -> None:
 
 
 def read_split(path: Path) -> list[str]:
-    """Ids of a split file, one per line; a trailing newline is fine, a blank line inside is an error (DATA.md §1)."""
+    """Ids of a split file, one per line; a trailing newline is fine (DATA.md §1). A blank line inside, an empty
+    file and an id listed twice (it would be counted twice by every metric) are errors naming the file."""
     if not path.is_file():
         raise DatasetError(f"split file not found: {path}")
     lines = path.read_text().splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
+    if not lines:
+        raise DatasetError(f"split file {path} is empty: it must list one image id per line")
+    first_line: dict[str, int] = {}
     for n, line in enumerate(lines, 1):
-        if not line.strip():
+        img_id = line.strip()
+        if not img_id:
             raise DatasetError(f"split file {path}: line {n} is blank")
-    return [line.strip() for line in lines]
+        if img_id in first_line:
+            raise DatasetError(f"split file {path}: id {img_id} is listed twice (lines {first_line[img_id]} and {n}); "
+                               f"each image must appear once")
+        first_line[img_id] = n
+    return list(first_line)
+
+
+def check_labels(label: np.ndarray, num_classes: int, img_id: str, path: Path, ignore: int = 255) -> np.ndarray:
+    """Class ids must lie in ``0 .. num_classes - 1`` or be ``ignore``; otherwise name the id, file and values."""
+    bad = np.unique(label[(label != ignore) & ((label < 0) | (label >= num_classes))])
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+        raise DatasetError(f"id {img_id}: {path} has label values {shown} outside 0..{num_classes - 1} "
+                           f"({ignore} = ignore)")
+    return label
 
 
 def decode(path: Path, img_id: str, reader: Callable[[Path], T]) -> T:

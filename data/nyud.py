@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from data.io import (DatasetError, check_root, check_size, check_tasks, decode, read_image, read_npy,
-                     read_png, read_split)
+from data.io import (DatasetError, check_labels, check_root, check_size, check_tasks, decode, read_image,
+                     read_npy, read_png, read_split)
 
 __all__ = ["NYUDv2", "NYUD_TASKS", "NYUD_CLASSES"]
 
@@ -99,7 +99,7 @@ class NYUDv2(Dataset):
         # stored 0 = void -> 255; stored 1..40 -> 0..39
         label = decode(path, img_id, lambda p: read_png(p, 1)).astype(np.float32) - 1.0
         label[label == -1] = 255
-        return label[..., None]
+        return check_labels(label, len(NYUD_CLASSES), img_id, path)[..., None]
 
     @staticmethod
     def _load_depth(path: Path, img_id: str) -> np.ndarray:

@@ -15,8 +15,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from data.edges import label_edges
-from data.io import (DatasetError, check_root, check_size, check_tasks, decode, read_image, read_mat,
-                     read_png, read_split)
+from data.io import (DatasetError, check_labels, check_root, check_size, check_tasks, decode, read_image,
+                     read_mat, read_png, read_split)
 
 __all__ = ["PASCALContext", "PASCAL_TASKS", "PERSON_PART_GROUPS", "NORMALS_VALID_IDS", "PERSON_CLASS"]
 
@@ -24,6 +24,7 @@ _logger = logging.getLogger(__name__)
 
 PASCAL_TASKS = ("semseg", "human_parts", "sal", "normals", "edge")
 PERSON_CLASS = 15  # VOC class index of 'person'
+SEMSEG_CLASSES = 21  # background + the 20 VOC classes
 
 # DATA.md §3.6.2: PASCAL-Part person part name -> one of 6 groups (0 = background).
 PERSON_PART_GROUPS: dict[str, int] = {
@@ -202,7 +203,8 @@ class PASCALContext(Dataset):
     @staticmethod
     def _load_semseg(path: Path, img_id: str, size: tuple[int, int]) -> np.ndarray:
         # 0 = background, 1..20 = VOC classes, 255 = void; no remapping (DATA.md §3.4)
-        return decode(path, img_id, lambda p: read_png(p, 1)).astype(np.float32)[..., None]
+        label = decode(path, img_id, lambda p: read_png(p, 1)).astype(np.float32)
+        return check_labels(label, SEMSEG_CLASSES, img_id, path)[..., None]
 
     @staticmethod
     def _load_sal(path: Path, img_id: str, size: tuple[int, int]) -> np.ndarray:

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import torch
 
+from data.io import DatasetError
+
 __all__ = ["Compose", "RandomScaling", "RandomCrop", "RandomHorizontalFlip", "PhotoMetricDistortion",
            "Normalize", "PadImage", "AddIgnoreRegions", "ToTensor", "PAD_VALUES", "IGNORE",
            "train_transforms", "test_transforms"]
@@ -218,8 +220,8 @@ class Normalize:
 class PadImage:
     """Centred padding up to ``size`` with the per-key fills of ``PAD_VALUES`` (DATA.md §4.1 step 6).
 
-    top = ⌊ΔH/2⌋, left = ⌊ΔW/2⌋, the remainder at bottom/right. It only enlarges: a side already ≥ the
-    template is left as is.
+    top = ⌊ΔH/2⌋, left = ⌊ΔW/2⌋, the remainder at bottom/right. It only enlarges: an image larger than the
+    template is an error naming its id (batches of padded images must share one size).
 
     Args:
         size: template (h, w).
@@ -237,6 +239,14 @@ class PadImage:
         return dh // 2, dh - dh // 2, dw // 2, dw - dw // 2
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        for key, arr in _arrays(sample):
+            h, w = arr.shape[:2]
+            if h > self.size[0] or w > self.size[1]:
+                name = sample.get("meta", {}).get("img_name", "?")
+                raise DatasetError(f"id {name}: the {key} map is {h}x{w}, larger than the padding size "
+                                   f"{list(self.size)} (TEST.SCALE); images are padded, never resized: set TEST.SCALE "
+                                   f"to at least [{max(h, self.size[0])}, {max(w, self.size[1])}], rounded up to the "
+                                   f"model's multiple")
         for key, arr in _arrays(sample):
             top, bottom, left, right = self.offsets(arr.shape[0], arr.shape[1], self.size)
             if top or bottom or left or right:

@@ -163,6 +163,9 @@ def format_delta_m(dataset: str, results: Mapping[str, Mapping[str, float]] | No
     if results is None:
         raise ValueError("format_delta_m: results are required when a baseline exists")
     d = delta_m(results, baseline, units=units, proxy=proxy)
+    bad = [t for t, v in d.terms.items() if not math.isfinite(v)]
+    if bad:
+        return f"{name}: n/a (non-finite metric for {', '.join(bad)})"
     terms = ", ".join(f"{t} {v:+.2f}%" for t, v in d.terms.items())
     extra = f"; without {', '.join(d.excluded)}" if d.excluded else ""
     return (f"{d.label}: {d.value:+.4f}% (paper display {truncate_2dp(d.value):+.2f}) [{terms}{extra}] "

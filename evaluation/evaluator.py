@@ -6,11 +6,13 @@ PNGs cropped back to the original image size (EVALUATION.md §1) for the boundar
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -22,9 +24,11 @@ from evaluation.depth import DepthMeter
 from evaluation.miou import MIoUMeter
 from evaluation.normals import NormalsMeter
 from evaluation.saliency import SaliencyMeter
-from utils.distributed import all_reduce_state, is_main_process
+from utils.distributed import all_gather_object, all_reduce_state, is_main_process
+from utils.fileio import write_png
 
-__all__ = ["HEADLINE_METRICS", "build_meters", "evaluate", "save_prediction_maps"]
+__all__ = ["HEADLINE_METRICS", "Evaluation", "build_meters", "evaluate", "save_prediction_maps", "metrics_table",
+           "infer"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +57,15 @@ def save_prediction_maps(preds: Mapping[str, torch.Tensor], batch: Mapping[str, 
     """Write ``out_dir/<task>/<img_name>.png`` per image, cropped from the centred padding to the original size.
 
     Edges: uint8 floor(255·sigmoid) as the boundary benchmark expects (EVALUATION.md §1); semseg/human_parts:
-    class ids; sal: uint8 255·p(foreground).
+    class ids; sal: uint8 255·p(foreground). A failed write raises :class:`utils.fileio.WriteError` naming the file.
     """
     names, sizes = batch["meta"]["img_name"], batch["meta"]["img_size"]
     for t in tasks:
-        folder = out_dir / t
-        folder.mkdir(parents=True, exist_ok=True)
         p = preds[t].float()
         if t == "edge":
-            maps = torch.floor(255 * torch.sigmoid(p[:, 0])).to(torch.uint8)
+            maps = torch.floor(255 * torch.sigmoid(p[:, 0]).nan_to_num(0.0)).to(torch.uint8)
         elif t == "sal":
-            maps = (255 * p.softmax(1)[:, 1]).round().to(torch.uint8)
+            maps = (255 * p.softmax(1)[:, 1].nan_to_num(0.0)).round().to(torch.uint8)
         elif t in ("semseg", "human_parts"):
             maps = p.argmax(1).to(torch.uint8)
         else:
@@ -71,42 +73,105 @@ def save_prediction_maps(preds: Mapping[str, torch.Tensor], batch: Mapping[str, 
         for i, name in enumerate(names):
             h, w = (int(v) for v in sizes[i])
             top, _, left, _ = PadImage.offsets(h, w, maps.shape[-2:])
-            cv2.imwrite(str(folder / f"{name}.png"), maps[i, top:top + h, left:left + w].cpu().numpy())
+            write_png(out_dir / t / f"{name}.png", maps[i, top:top + h, left:left + w].cpu().numpy())
+
+
+def _finite_per_image(x: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every value of image b is finite."""
+    return torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured.
+
+    ``metrics``: ``{task: {metric: value}}``; a task that met a non-finite prediction or ground truth has NaN for
+    every metric. ``nonfinite``: ``{task: {"predictions" | "ground_truth": [image ids]}}``, only where some were.
+    """
+
+    metrics: dict[str, dict[str, float]]
+    nonfinite: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    def describe_nonfinite(self, max_ids: int = 5) -> str:
+        """One line naming each task, what was non-finite and the first image ids; empty when all was finite."""
+        parts = []
+        for task, kinds in self.nonfinite.items():
+            for kind, ids in kinds.items():
+                shown = ", ".join(ids[:max_ids]) + (f" and {len(ids) - max_ids} more" if len(ids) > max_ids else "")
+                parts.append(f"{task} {kind.replace('_', ' ')} on {len(ids)} image(s) ({shown})")
+        return "non-finite " + "; ".join(parts) if parts else ""
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, cfg: Any, device: torch.device, *,
              save_dir: Path | None = None, save_tasks: list[str] = (), amp_dtype: torch.dtype | None = None,
-             ) -> dict[str, dict[str, float]]:
-    """Run the model over ``loader`` and return ``{task: {metric: value}}``, identical on every rank."""
+             ) -> Evaluation:
+    """Run the model over ``loader``; the metrics and the non-finite report are identical on every rank.
+
+    Images whose prediction or ground truth of a task holds NaN/Inf are left out of that task's meter, named in
+    :attr:`Evaluation.nonfinite`, and the task's metrics are NaN: a number computed without them would mislead.
+    """
     model.eval()
     meters = build_meters(cfg)
+    nonfinite: dict[str, dict[str, list[str]]] = {}
     for batch in tqdm(loader, desc="eval", disable=not is_main_process(), leave=False, dynamic_ncols=True):
         image = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             preds = model(image)
-        for t, meter in meters.items():
-            meter.update(preds[t].float().cpu(), batch[t])
+        names = batch["meta"]["img_name"]
+        for t in cfg.TASKS.NAMES:
+            pred = preds[t].float().cpu()
+            ok = {"predictions": _finite_per_image(pred), "ground_truth": _finite_per_image(batch[t])}
+            for kind, flags in ok.items():
+                bad = [names[i] for i in torch.nonzero(~flags).flatten().tolist()]
+                if bad:
+                    nonfinite.setdefault(t, {}).setdefault(kind, []).extend(bad)
+            keep = ok["predictions"] & ok["ground_truth"]
+            if t in meters and keep.any():
+                meters[t].update(pred[keep], batch[t][keep])
         if save_dir is not None and save_tasks:
             save_prediction_maps(preds, batch, list(save_tasks), save_dir)
     states = all_reduce_state({f"{t}/{k}": v for t, m in meters.items() for k, v in m.state().items()})
+    merged_ids: dict[str, dict[str, set[str]]] = {}
+    for rank_report in all_gather_object(nonfinite):
+        for t, kinds in rank_report.items():
+            for kind, ids in kinds.items():
+                merged_ids.setdefault(t, {}).setdefault(kind, set()).update(ids)
+    nonfinite = {t: {kind: sorted(merged_ids[t][kind]) for kind in ("predictions", "ground_truth")
+                     if kind in merged_ids[t]} for t in cfg.TASKS.NAMES if t in merged_ids}
     results = {}
     for t in meters:
         merged = build_meters(cfg)[t]
         merged.merge({k.split("/", 1)[1]: v for k, v in states.items() if k.startswith(f"{t}/")})
-        results[t] = {k: float(v) for k, v in merged.compute().items() if np.isscalar(v) or np.ndim(v) == 0}
-    return results
+        try:
+            values = {k: float(v) for k, v in merged.compute().items() if np.isscalar(v) or np.ndim(v) == 0}
+        except ValueError:            # nothing left to measure: every image of the task was non-finite
+            if t not in nonfinite:
+                raise
+            values = {HEADLINE_METRICS[t][0]: math.nan}
+        results[t] = {k: math.nan for k in values} if t in nonfinite else values
+    return Evaluation(results, nonfinite)
 
 
-def metrics_table(results: Mapping[str, Mapping[str, float]], dataset: str, delta_line: str) -> str:
-    """A markdown table: the headline metric of each task first, then the others, then the Δm line."""
+def metrics_table(results: Mapping[str, Mapping[str, float]], dataset: str, delta_line: str,
+                  nonfinite_line: str = "") -> str:
+    """A markdown table: the headline metric of each task first, then the others, then the Δm line; a non-finite
+    value shows as ``n/a (non-finite)`` and ``nonfinite_line`` says where it came from."""
     lines = ["| task | metric | value |", "|---|---|---|"]
     for task, metrics in results.items():
         head = HEADLINE_METRICS.get(task, (None, True))[0]
         for name in sorted(metrics, key=lambda k: (k != head, k)):
             arrow = ("↑" if HEADLINE_METRICS[task][1] else "↓") if name == head else ""
-            lines.append(f"| {task} | {name}{arrow} | {metrics[name]:.4f} |")
-    return "\n".join([f"{dataset} validation", "", *lines, "", delta_line])
+            value = metrics[name]
+            shown = f"{value:.4f}" if math.isfinite(value) else "n/a (non-finite)"
+            lines.append(f"| {task} | {name}{arrow} | {shown} |")
+    notes = [delta_line] + ([nonfinite_line] if nonfinite_line else [])
+    return "\n".join([f"{dataset} validation", "", *lines, "", *notes])
+
+
+def _json_safe(results: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
+    """NaN/Inf -> None, so that metrics.json is valid JSON with the bad values marked."""
+    return {t: {k: (v if math.isfinite(v) else None) for k, v in m.items()} for t, m in results.items()}
 
 
 def _boundary_scores(cfg: Any, pred_dir: Path, out_dir: Path) -> dict[str, float]:
@@ -135,22 +200,22 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     Saves ``save_predictions`` maps under ``run_dir/predictions`` and, with ``eval_boundary``, scores the edge
     maps with the SEISM protocol (``boundary_mode``: fast | exact | proxy). ``run_dir`` defaults to
     ``out_dir/version_name``, ``device`` to this rank's device (:func:`utils.distributed.init_distributed`).
+    The run's training ``config.yaml`` is left alone: metrics.json records the config of this evaluation.
+    Non-finite predictions or ground truth are named (task, image ids) in the log, the table and metrics.json.
     """
-    from utils.distributed import init_distributed
-
-    run_dir = Path(cfg.out_dir) / cfg.version_name if run_dir is None else Path(run_dir)
-    device = init_distributed().device if device is None else device
-    import json
-
     from data import build_val_loader
     from evaluation.delta_m import format_delta_m
     from models import build_model
     from models.execution import compile_decoder
     from utils.checkpoint import load_checkpoint, load_model_state
-    from utils.distributed import barrier
+    from utils.config import AMP_DTYPES, config_to_dict
+    from utils.distributed import barrier, init_distributed
+    from utils.fileio import write_text
     from utils.official import checkpoint_model_state, config_for_checkpoint
-    from utils.trainer import AMP_DTYPES
 
+    run_dir = Path(cfg.out_dir) / cfg.version_name if run_dir is None else Path(run_dir)
+    device = init_distributed().device if device is None else device
+    loader = build_val_loader(cfg)              # a missing dataset is reported before the checkpoint is read
     # the checkpoint first: an official MTMamba/MTMamba++ file sets how the model is built (swin_pad_mode)
     state = load_checkpoint(checkpoint, map_location="cpu")
     cfg = config_for_checkpoint(cfg, state)
@@ -161,17 +226,23 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     if cfg.get("eval_boundary") and "edge" not in save_tasks:
         save_tasks.append("edge")
     pred_dir = run_dir / "predictions"
-    results = evaluate(model, build_val_loader(cfg), cfg, device, save_dir=pred_dir, save_tasks=save_tasks,
-                       amp_dtype=AMP_DTYPES[cfg.get("amp")])
+    evaluation = evaluate(model, loader, cfg, device, save_dir=pred_dir, save_tasks=save_tasks,
+                          amp_dtype=AMP_DTYPES[cfg.get("amp")])
+    results = evaluation.metrics
     barrier()
     if cfg.get("eval_boundary"):
         results["edge"] = _boundary_scores(cfg, pred_dir / "edge", run_dir / "boundary")
+        if "edge" in evaluation.nonfinite:
+            results["edge"] = {k: math.nan for k in results["edge"]}
     delta_line = format_delta_m(cfg.val_db_name, results, proxy="edge" not in results)
+    problems = evaluation.describe_nonfinite()
+    if problems:
+        logger.error("%s: their tasks' metrics are marked n/a (null in metrics.json)", problems)
     if is_main_process():
-        table = metrics_table(results, cfg.val_db_name, delta_line)
+        table = metrics_table(results, cfg.val_db_name, delta_line, problems)
         print(table)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.md").write_text(table + "\n")
-        (run_dir / "metrics.json").write_text(json.dumps({"checkpoint": str(checkpoint), "results": results,
-                                                          "delta_m": delta_line}, indent=2) + "\n")
+        write_text(run_dir / "metrics.md", table + "\n")
+        record = {"checkpoint": str(checkpoint), "iteration": state.get("iteration"), "results": _json_safe(results),
+                  "delta_m": delta_line, "nonfinite": evaluation.nonfinite, "config": config_to_dict(cfg)}
+        write_text(run_dir / "metrics.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     return results

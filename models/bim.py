@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
+from .decoder import INPUT_MULTIPLE
 from .heads import MultiTaskModel
 from .mtmamba import assemble_model, drop_path_schedule, encoder_from_config
 from .ops.scan_orders import SS2D_ORDERS, cross_merge, cross_scan
@@ -246,7 +247,7 @@ class BIMStage(nn.Module):
 _MTMAMBA_ONLY = ("stm_blocks", "block", "ctm", "ctm_fusion", "mfe", "gate")
 
 
-@register_model("bim")
+@register_model("bim", input_multiple=INPUT_MULTIPLE)
 def build_bim(cfg) -> MultiTaskModel:
     from utils.config import DEFAULTS, ConfigError
 

@@ -14,7 +14,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import PatchExpand
 
-__all__ = ["ThreeStageDecoder", "to_channels_last", "to_channels_first"]
+__all__ = ["ThreeStageDecoder", "INPUT_MULTIPLE", "to_channels_last", "to_channels_first"]
+
+# The deepest encoder map (stride 32) is expanded ×2 three times and fused with the stride-16/8/4 skips, so the
+# sides of the input must be multiples of 32 for the shapes to meet.
+INPUT_MULTIPLE = 32
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:

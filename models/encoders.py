@@ -34,7 +34,6 @@ import os
 import re
 from typing import Mapping, Sequence
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -47,6 +46,8 @@ from timm.models.swin_transformer import (
     window_partition,
     window_reverse,
 )
+
+from .weights import create_timm_model
 
 __all__ = ["SWIN_VARIANTS", "CUSTOM_ARCH", "PAD_MODES", "MmsegOrderSwinBlock", "SwinEncoder",
            "detect_checkpoint_layout", "mmseg_to_original_state_dict", "timm_to_mmseg_state_dict",
@@ -219,7 +220,7 @@ class SwinEncoder(nn.Module):
             # With pretrained weights num_classes stays at the checkpoint's, so that timm loads strictly (it
             # relaxes strictness whenever the classifier is dropped); the head is pruned below either way.
             head = {} if pretrained else {"num_classes": 0}
-            swin = timm.create_model(SWIN_VARIANTS[arch], pretrained=pretrained, **head, **common)
+            swin = create_timm_model(SWIN_VARIANTS[arch], pretrained, **head, **common)
         else:
             raise ValueError(f"unknown Swin arch {arch!r}; valid: {', '.join([*SWIN_VARIANTS, CUSTOM_ARCH])}")
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .attention import swin_block
 from .blocks import CTM, STM
-from .decoder import ThreeStageDecoder
+from .decoder import INPUT_MULTIPLE, ThreeStageDecoder
 from .encoders import build_encoder
 from .heads import MultiTaskModel, TaskHead
 from .registry import register_model
@@ -103,7 +103,7 @@ def assemble_model(cfg, encoder: nn.Module, stages: Sequence[nn.Module]) -> Mult
     return MultiTaskModel(encoder, decoder, heads)
 
 
-@register_model("mtmamba")
+@register_model("mtmamba", input_multiple=INPUT_MULTIPLE)
 def build_mtmamba(cfg) -> MultiTaskModel:
     m = cfg.model
     encoder = encoder_from_config(cfg)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 
-from .decoder import ThreeStageDecoder, to_channels_first, to_channels_last
+from .decoder import INPUT_MULTIPLE, ThreeStageDecoder, to_channels_first, to_channels_last
 from .heads import MultiTaskModel
 from .mtmamba import MTMambaStage, drop_path_schedule, encoder_from_config
 from .registry import register_model
@@ -143,7 +143,7 @@ class MTMambaPlusStage(MTMambaStage):
         return self.sctm(super().forward(x))
 
 
-@register_model("mtmamba_plus")
+@register_model("mtmamba_plus", input_multiple=INPUT_MULTIPLE)
 def build_mtmamba_plus(cfg) -> MultiTaskModel:
     m = cfg.model
     for key, value in _MTMAMBA_ONLY.items():

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
 
 from losses.multitask import LOAD_BALANCE_KEY
-from .decoder import ThreeStageDecoder, to_channels_first, to_channels_last
+from .decoder import INPUT_MULTIPLE, ThreeStageDecoder, to_channels_first, to_channels_last
 from .encoders import build_encoder
 from .heads import MultiTaskModel, TaskHead
 from .mtmamba import drop_path_schedule
@@ -477,7 +477,7 @@ def build_pame_vit(cfg) -> PAMEModel:
     return PAMEModel(encoder, decoder, heads)
 
 
-@register_model("pame_swin")
+@register_model("pame_swin", input_multiple=INPUT_MULTIPLE)
 def build_pame_swin(cfg) -> PAMEModel:
     """Our Swin-L adaptation (MODELS.md §3.5): MTMamba's skeleton and heads, ``pame.depth`` PAME layers per stage."""
     m = cfg.model

@@ -15,11 +15,12 @@ import logging
 import os
 from typing import Sequence
 
-import timm
 import torch
 import torch.nn as nn
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.vision_transformer import Attention, VisionTransformer, checkpoint_filter_fn
+
+from .weights import create_timm_model
 
 __all__ = ["VIT_VARIANTS", "VIT_CUSTOM", "VIT_ARCHS", "ViTEncoder", "build_vit_encoder"]
 
@@ -89,8 +90,8 @@ class ViTEncoder(nn.Module):
                 raise ValueError(f"{', '.join(given)} only apply to arch={VIT_CUSTOM!r}; "
                                  f"{arch!r} is fixed by timm's {VIT_VARIANTS[arch]!r}")
             # with weights, timm loads strictly only when the classifier is kept; it is removed right after
-            vit = timm.create_model(VIT_VARIANTS[arch], pretrained=pretrained, **({} if pretrained else
-                                                                                   {"num_classes": 0}), **common)
+            vit = create_timm_model(VIT_VARIANTS[arch], pretrained, **({} if pretrained else {"num_classes": 0}),
+                                    **common)
             vit.reset_classifier(0)
         else:
             raise ValueError(f"unknown ViT arch {arch!r}; valid: {list(VIT_ARCHS)}")

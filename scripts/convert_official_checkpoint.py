@@ -10,8 +10,9 @@ Official -> ours: the output is ``{"model": our state dict, "swin_pad_mode": "mm
 window order, as it does for the official file itself. Ours -> official (``--to-official``): the output is
 ``{'model': {'module.<key>': tensor}}`` in the official key order, which the official code loads strictly.
 
-The model the keys are checked against is built on the meta device (no memory, no weights) from ``--config_exp``,
-by default ``configs/<model>_<dataset>.yml``: the model from the decoder keys, the dataset from the tasks.
+The model the keys are checked against is built on the meta device (no memory, no weights) from ``--config_exp``;
+by default from the config a checkpoint of ours stores, and for an official file from
+``configs/<model>_<dataset>.yml``: the model from the decoder keys, the dataset from the tasks.
 Every key and shape is checked; any missing, unmapped or mismatched key is an error that lists them.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from utils.config import DATASET_TASKS, load_config  # noqa: E402
+from utils.config import DATASET_TASKS, config_from_dict, load_config  # noqa: E402
 from utils.official import (  # noqa: E402
     PAD_MODE_KEY,
     is_official_checkpoint,
@@ -50,23 +51,31 @@ def default_config(model_name: str, tasks: list[str]) -> Path:
     return REPO / "configs" / f"{model_name}_{CONFIG_SUFFIX[datasets[0]]}.yml"
 
 
-def meta_model(config: Path, opts: list[str]) -> torch.nn.Module:
-    """The model of ``config`` on the meta device (shapes only); the Swin window order does not change keys."""
-    cfg = load_config(config, ["model.pretrained=false", "model.pretrained_path=null", *opts])
+def meta_model(config: Path | dict, opts: list[str]) -> torch.nn.Module:
+    """The model of ``config`` (a YAML file, or the config a checkpoint stores) on the meta device (shapes only);
+    the Swin window order does not change keys."""
+    opts = ["model.pretrained=false", "model.pretrained_path=null", *opts]
+    cfg = config_from_dict(config, opts, "stored in the checkpoint") if isinstance(config, dict) else \
+        load_config(config, opts)
     with torch.device("meta"):
         return build_model(cfg)
 
 
-def convert(src: Path, dst: Path, to_official: bool, config: Path | None = None, opts: list[str] = ()) -> Path:
-    """Convert the checkpoint file ``src`` and write ``dst``; returns the config used."""
+def convert(src: Path, dst: Path, to_official: bool, config: Path | None = None,
+            opts: list[str] = ()) -> Path | dict:
+    """Convert the checkpoint file ``src`` and write ``dst``; returns the config used (a file, or the dict stored
+    in the checkpoint: ``--to-official`` builds the model a checkpoint of ours was trained as)."""
     checkpoint = load_checkpoint(src)
     if to_official:
         state = checkpoint.get("model", checkpoint)
         if is_official_checkpoint(checkpoint):
             raise CheckpointError(f"{src} is already in the official format")
-        name = "mtmamba_plus" if any(k.startswith("decoder.stages.0.sctm.") for k in state) else "mtmamba"
-        tasks = [m.group(1) for k in state if (m := re.fullmatch(r"heads\.(\w+)\.project\.weight", k))]
-        config = config or default_config(name, tasks)
+        if config is None and isinstance(checkpoint.get("config"), dict):
+            config = checkpoint["config"]          # the model the checkpoint was trained as
+        elif config is None:
+            name = "mtmamba_plus" if any(k.startswith("decoder.stages.0.sctm.") for k in state) else "mtmamba"
+            tasks = [m.group(1) for k in state if (m := re.fullmatch(r"heads\.(\w+)\.project\.weight", k))]
+            config = default_config(name, tasks)
         save_checkpoint(dst, ours_to_official(state, meta_model(config, list(opts))))
     else:
         if not is_official_checkpoint(checkpoint):
@@ -89,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = convert(args.src, args.dst, args.to_official, args.config_exp, args.opts)
     direction = "ours -> official" if args.to_official else "official -> ours"
-    print(f"{args.src} -> {args.dst} ({direction}, model of {config})")
+    source = "the config stored in the checkpoint" if isinstance(config, dict) else config
+    print(f"{args.src} -> {args.dst} ({direction}, model of {source})")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ source scripts/venv.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 demo="${MTL_DEMO_DIR:-/tmp/mtl_demo}"
 opts=("db_root=$demo/data" "out_dir=$demo/runs")
-.venv/bin/python scripts/make_synthetic_dataset.py --dataset nyud --out "$demo/data" --n-train 16 --n-val 4
+.venv/bin/python scripts/make_synthetic_dataset.py --dataset nyud --out "$demo/data" --n-train 16 --n-val 4 --force
 .venv/bin/python main.py --run_mode train --config_exp configs/demo_nyud.yml --no_resume --opts "${opts[@]}"
 .venv/bin/python main.py --run_mode infer --config_exp configs/demo_nyud.yml \
   --trained_model "$demo/runs/demo_nyud/checkpoints/last.pth" --opts "${opts[@]}"

@@ -16,7 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data import DATASET_FOLDERS  # noqa: E402
 from data.synthetic import NYUD_DEFAULT_SIZE, PASCAL_DEFAULT_SIZE, write_nyud, write_pascal  # noqa: E402
+
+# --dataset -> the folder it is written to
+FOLDERS = {"nyud": DATASET_FOLDERS["NYUD"], "pascal": DATASET_FOLDERS["PASCALContext"]}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -29,17 +33,31 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of images, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: a split needs at least 1 image")
+    return n
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=("nyud", "pascal"))
+    parser.add_argument("--dataset", required=True, choices=tuple(FOLDERS))
     parser.add_argument("--out", required=True, type=Path, help="folder that will hold NYUDv2/ or PASCALContext/")
-    parser.add_argument("--n-train", type=int, default=4)
-    parser.add_argument("--n-val", type=int, default=2)
+    parser.add_argument("--n-train", type=_count, default=4, help="training images (>= 1)")
+    parser.add_argument("--n-val", type=_count, default=2, help="validation images (>= 1)")
+    parser.add_argument("--force", action="store_true", help="overwrite a dataset that already exists under --out")
     parser.add_argument("--size", type=_size, default=None,
                         help=f"HxW (default {NYUD_DEFAULT_SIZE[0]}x{NYUD_DEFAULT_SIZE[1]} for nyud, "
                              f"{PASCAL_DEFAULT_SIZE[0]}x{PASCAL_DEFAULT_SIZE[1]} for pascal, alternating orientation)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    target = args.out / FOLDERS[args.dataset]
+    if target.exists() and not args.force:
+        parser.error(f"{target} already exists; pass --force to overwrite it, or choose another --out")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.dataset == "nyud":
         root = write_nyud(args.out, args.n_train, args.n_val, args.size or NYUD_DEFAULT_SIZE, args.seed)

@@ -6,7 +6,7 @@ is a tensor, a number, a string, ``None`` or a dict/list/tuple of those, so :fun
 ``torch.load(weights_only=True)``: loading never runs pickled code.
 
 * :func:`save_checkpoint` writes to a temp file in the target directory, fsyncs it and ``os.replace``-s it over the
-  target, so an interrupted save never destroys the last good checkpoint.
+  target, so an interrupted save never destroys the last good checkpoint; a failed write names the path.
 * :func:`load_model_state` compares keys and shapes *before* touching the model and lists every mismatch key by key.
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ import logging
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from utils.fileio import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -35,6 +36,7 @@ __all__ = [
     "unwrap_model",
     "rng_state",
     "set_rng_state",
+    "preserved_rng",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,40 +55,13 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically; parent directories are created.
+    """Write ``state`` to ``path`` atomically (:func:`utils.fileio.atomic_write`); parent directories are created.
 
-    The data goes to a temp file next to ``path`` (same file system, so the final rename is atomic), is flushed and
-    fsynced, then replaces ``path``. If anything fails on the way the temp file is removed, the exception propagates
-    and a previous file at ``path`` is left as it was.
+    An interrupted or failed save leaves a previous file at ``path`` as it was; a failure raises
+    :class:`utils.fileio.WriteError` naming the path (and the free space when the disk may be full).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: torch.save(state, f))
     logger.debug("saved checkpoint %s", path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); silently skipped where directories cannot be opened (Windows)."""
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> dict:
@@ -248,3 +223,17 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state(s.cpu(), device=i)
     elif cuda:
         logger.warning("checkpoint has CUDA RNG states but CUDA is not available; they are ignored")
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without touching the random streams: every generator of :func:`rng_state` is restored after it.
+
+    Side work (validation, logging, prediction images) runs inside it, so the training stream, and with it a run
+    resumed from any checkpoint, does not depend on when or whether that work ran.
+    """
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

@@ -20,11 +20,12 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+import torch
 import yaml
 from easydict import EasyDict
 
 __all__ = ["DATASET_TASKS", "DEFAULTS", "ConfigError", "load_config", "merge", "apply_opts", "config_to_dict",
-           "save_config", "OPTIMIZERS", "SCHEDULERS", "AMP_MODES", "SAL_MAXF_MODES"]
+           "save_config", "config_diff", "config_from_dict", "AMP_DTYPES", "AMP_MODES", "SAL_MAXF_MODES", "RUNTIME_KEYS"]
 
 # Output channels per task, in the official task order (it fixes the CTM concatenation order).
 DATASET_TASKS: dict[str, dict[str, int]] = {
@@ -33,9 +34,9 @@ DATASET_TASKS: dict[str, dict[str, int]] = {
 }
 ALL_TASKS: tuple[str, ...] = tuple(dict.fromkeys(t for tasks in DATASET_TASKS.values() for t in tasks))
 
-OPTIMIZERS = ("adamw", "adam")
-SCHEDULERS = ("poly",)
-AMP_MODES = (None, "bf16", "fp16")
+# amp -> autocast dtype (None: fp32)
+AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_MODES = tuple(AMP_DTYPES)
 SAL_MAXF_MODES = ("invpt_compat", "atrc")     # the same tuple as evaluation.saliency.SAL_MAXF_MODES
 
 # Every key the code reads, with its default. The dataset bases (configs/_base_/{nyud,pascal}.yml) set the
@@ -45,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "version_name": None,            # run name, run dir = out_dir/version_name; default: the config file's stem
     "out_dir": "runs",               # parent folder of all run directories
     "seed": 0,                       # seeds torch/numpy/random and the data workers (rank offset added by the caller)
+    "dist_timeout": 1800,            # seconds a rank waits for the others in a collective before the run fails
     # --- data ------------------------------------------------------------------------------------------------
     "db_root": None,                 # folder holding NYUDv2/ and PASCALContext/; null -> $MTL_DATA_ROOT (data/)
     "train_db_name": None,           # NYUD | PASCALContext (set by the dataset base file)
@@ -150,6 +152,14 @@ MODEL_CHOICES: dict[str, tuple] = {
 }
 
 
+# Keys that say where and how a run executes, not what it computes: a resumed run may change them freely.
+RUNTIME_KEYS = frozenset({
+    "out_dir", "db_root", "parts_cache_dir", "nworkers", "dist_timeout", "log_interval", "val_interval",
+    "ckpt_interval", "save_predictions", "eval_boundary", "boundary_mode", "model.pretrained", "model.pretrained_path",
+    "model.scan_backend", "model.compile",
+})
+
+
 class ConfigError(ValueError):
     """A config key has a value the code cannot use; the message names the key and the valid values."""
 
@@ -162,23 +172,46 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that YAML 1.2 numbers such as ``1e-4`` (no dot in the mantissa), which YAML 1.1
+    reads as strings, are floats: the same value in a file and in ``--opts``."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
+
+
+def _yaml(text: str, where: str) -> Any:
+    """Parse ``text`` with :class:`_Loader`; a syntax error names ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"{where}: not valid YAML ({detail})") from None
+
+
 def _load_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = _yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must hold a mapping of keys, not {type(data).__name__}")
     return data
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """One YAML file merged over its ``_base_`` files (in list order, each resolved relative to ``path``)."""
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
+        raise ConfigError(f"_base_ files form a cycle: {cycle} (in {chain[-1]})")
     data = _load_yaml(path)
     bases = data.pop("_base_", [])
+    if not isinstance(bases, (str, list)) or not all(isinstance(b, str) for b in ([bases] if isinstance(bases, str)
+                                                                                    else bases)):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, got {bases!r}")
     merged: dict = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        merged = merge(merged, _read((path.parent / base).resolve()))
+        merged = merge(merged, _read((path.parent / base).resolve(), (*chain, path)))
     return merge(merged, data)
 
 
@@ -198,19 +231,8 @@ def apply_opts(cfg: dict, opts: Iterable[str]) -> dict:
             node = node[p]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {p!r} is not a section")
-        node[leaf] = _parse_value(value)
+        node[leaf] = _yaml(value, f"--opts {key}={value}")
     return cfg
-
-
-_YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
-
-
-def _parse_value(text: str) -> Any:
-    """YAML, except that numbers YAML 1.1 reads as strings (``2e-4``, no dot in the mantissa) become floats."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
-        return float(value)
-    return value
 
 
 def _check_keys(data: dict, defaults: dict = DEFAULTS, prefix: str = "", source: str = "") -> None:
@@ -256,10 +278,16 @@ def _resolve_tasks(cfg: dict) -> None:
     if bad:
         raise ConfigError(f"task_dictionary keys must look like include_<task>, got {bad}; "
                           f"valid: {['include_' + t for t in valid]}")
+    for key, value in task_dict.items():
+        task = key.removeprefix("include_")
+        if task not in valid:
+            close = difflib.get_close_matches(task, list(valid), n=1)
+            hint = f"; did you mean 'include_{close[0]}'?" if close else ""
+            raise ConfigError(f"task_dictionary.{key}: {task!r} is not a task of {db}{hint}; valid: "
+                              f"{['include_' + t for t in valid]}")
+        if not isinstance(value, bool):
+            raise ConfigError(f"task_dictionary.{key}={value!r} must be true or false")
     wanted = {k.removeprefix("include_") for k, v in task_dict.items() if v}
-    unknown = sorted(wanted - set(valid))
-    if unknown:
-        raise ConfigError(f"task_dictionary: {unknown} not available on {db}; valid: {list(valid)}")
     if not wanted:
         raise ConfigError(f"task_dictionary selects no task; valid for {db}: {list(valid)}")
     names = [t for t in valid if t in wanted]
@@ -278,7 +306,9 @@ def _validate_values(cfg: dict) -> None:
     """Types, ranges and choices of the non-model keys; runs after the tasks are resolved."""
     from losses.multitask import LOSS_SCHEMES
 
-    choices = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "amp": AMP_MODES,
+    from utils.optim import OPTIMIZERS, SCHEDULERS, check_optimizer_kwargs
+
+    choices = {"optimizer": tuple(OPTIMIZERS), "scheduler": SCHEDULERS, "amp": AMP_MODES,
                "loss_kwargs.loss_scheme": LOSS_SCHEMES, "sal_maxF_mode": SAL_MAXF_MODES,
                "eval_boundary": (True, False), "model.pretrained": (True, False),
                "boundary_mode": ("fast", "exact", "proxy")}
@@ -298,11 +328,17 @@ def _validate_values(cfg: dict) -> None:
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
             raise ConfigError(f"{key}={value!r} must be [height, width] in pixels (positive integers); "
                               f"the dataset base file sets it")
-    if not isinstance(cfg["version_name"], str) or not cfg["version_name"] or "/" in cfg["version_name"]:
-        raise ConfigError(f"version_name={cfg['version_name']!r} must be a non-empty name without '/'")
-    lr = cfg["optimizer_kwargs"].get("lr")
-    if not _is_number(lr) or lr <= 0:
-        raise ConfigError(f"optimizer_kwargs.lr={lr!r} must be a positive number")
+    name = cfg["version_name"]
+    if not isinstance(name, str) or name.strip(".") == "" or any(c in name for c in "/\\\0"):
+        raise ConfigError(f"version_name={name!r} must be a folder name inside out_dir: not empty, not '.' or '..', "
+                          f"without '/' or '\\'")
+    if not _is_number(cfg["dist_timeout"]) or cfg["dist_timeout"] <= 0:
+        raise ConfigError(f"dist_timeout={cfg['dist_timeout']!r} must be a positive number of seconds")
+    if "lr" not in cfg["optimizer_kwargs"]:
+        raise ConfigError("optimizer_kwargs.lr is missing; it must be a positive number")
+    problem = check_optimizer_kwargs(cfg["optimizer"], cfg["optimizer_kwargs"])
+    if problem:
+        raise ConfigError(problem)
     if not _is_number(cfg["scheduler_kwargs"]["power"]) or cfg["scheduler_kwargs"]["power"] < 0:
         raise ConfigError(f"scheduler_kwargs.power={cfg['scheduler_kwargs']['power']!r} must be a number >= 0")
     if cfg["grad_clip"] is not None and (not _is_number(cfg["grad_clip"]) or cfg["grad_clip"] <= 0):
@@ -343,6 +379,27 @@ def _validate_model(cfg: dict) -> None:
     for key, choices in choices_by_key.items():
         if key in model and model[key] not in choices:
             raise ConfigError(f"model.{key}={model[key]!r} is not valid; valid: {list(choices)}")
+    from models.registry import MODEL_INPUT_MULTIPLE
+
+    if model["name"] not in MODEL_INPUT_MULTIPLE:
+        raise ConfigError(f"model.name={model['name']!r} is not a registered model; valid: "
+                          f"{sorted(MODEL_INPUT_MULTIPLE)}")
+    multiple = MODEL_INPUT_MULTIPLE[model["name"]]
+    for key in ("TRAIN.SCALE", "TEST.SCALE"):
+        if any(side % multiple for side in _get(cfg, key)):
+            fit = [max(multiple, round(side / multiple) * multiple) for side in _get(cfg, key)]
+            raise ConfigError(f"{key}={_get(cfg, key)!r}: model {model['name']!r} needs sides that are multiples of "
+                              f"{multiple}, e.g. {fit}")
+    for key in ("d_state", "wmsa_heads"):
+        if not _is_int(model[key]) or model[key] < 1:
+            raise ConfigError(f"model.{key}={model[key]!r} must be a positive integer")
+    if model["dt_rank"] != "auto" and (not _is_int(model["dt_rank"]) or model["dt_rank"] < 1):
+        raise ConfigError(f"model.dt_rank={model['dt_rank']!r} must be 'auto' (ceil(C/16)) or a positive integer")
+    if not _is_number(model["ssm_ratio"]) or model["ssm_ratio"] <= 0:
+        raise ConfigError(f"model.ssm_ratio={model['ssm_ratio']!r} must be a positive number")
+    for key in ("drop_path_rate", "encoder_drop_path_rate"):
+        if not _is_number(model[key]) or not 0 <= model[key] < 1:
+            raise ConfigError(f"model.{key}={model[key]!r} must be a number in [0, 1)")
     from models.bim import BCFR_EXPANSIONS, BCFR_MODES, MS_SCANS
 
     bim = model["bim"]
@@ -375,13 +432,16 @@ def load_config(path: str | os.PathLike, opts: Iterable[str] = ()) -> EasyDict:
     """
     path = Path(path).resolve()
     data = _read(path)
-    for key in DERIVED:
-        data.pop(key, None)
-    _check_keys(data, source=f" (in {path.name} or its _base_ files)")
     if "version_name" not in _load_yaml(path):
         data["version_name"] = path.stem
-    opts = list(opts)
-    cfg = apply_opts(merge(DEFAULTS, data), opts)
+    return config_from_dict(data, opts, source=f"in {path.name} or its _base_ files")
+
+
+def config_from_dict(data: dict, opts: Iterable[str] = (), source: str = "in the given config") -> EasyDict:
+    """Resolve and validate a config held as a dict (e.g. the one a checkpoint stores), like :func:`load_config`."""
+    data = {k: v for k, v in copy.deepcopy(dict(data)).items() if k not in DERIVED}
+    _check_keys(data, source=f" ({source})")
+    cfg = apply_opts(merge(DEFAULTS, data), list(opts))
     _check_keys(cfg, source=" (from --opts)")
     _resolve_tasks(cfg)
     _validate_values(cfg)
@@ -398,12 +458,21 @@ def config_to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or (not d and prefix):
+        return {prefix[:-1]: d}
+    return {k: v for key, value in d.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+
+
+def config_diff(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` for every leaf that differs (derived keys ignored)."""
+    a = {k: v for k, v in _flatten(config_to_dict(old)).items() if k.split(".")[0] not in DERIVED}
+    b = {k: v for k, v in _flatten(config_to_dict(new)).items() if k.split(".")[0] not in DERIVED}
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """Write the resolved config as plain YAML (the run's ``config.yaml``); :func:`load_config` reads it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False, default_flow_style=None, width=120)
-    os.replace(tmp, path)
-    return path
+    """Write the resolved config as plain YAML (e.g. the run's ``config.yaml``); :func:`load_config` reads it back."""
+    from utils.fileio import write_text
+
+    return write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None, width=120))

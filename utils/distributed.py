@@ -36,6 +36,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_TIMEOUT: datetime.timedelta | None = None    # the process group's timeout, as given to init_distributed
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -68,6 +70,7 @@ def init_distributed(backend: str | None = None, timeout: datetime.timedelta | N
     A process group is created when ``WORLD_SIZE > 1`` or ``RANK`` is set (``torchrun`` always sets it).
     ``backend`` defaults to ``nccl`` when CUDA is available, else ``gloo``. If a process group already exists it is
     reused. The returned ``device`` is ``cuda:LOCAL_RANK`` (made current) on CUDA and ``cpu`` otherwise.
+    ``timeout`` bounds how long a rank waits in a collective for the others (torch's default when None).
     """
     cuda = torch.cuda.is_available()
     if is_initialized():
@@ -101,6 +104,8 @@ def init_distributed(backend: str | None = None, timeout: datetime.timedelta | N
     kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://", "rank": rank, "world_size": world_size}
     if timeout is not None:
         kwargs["timeout"] = timeout
+        global _TIMEOUT
+        _TIMEOUT = timeout
     if backend == "nccl":
         kwargs["device_id"] = device
     dist.init_process_group(**kwargs)
@@ -139,13 +144,21 @@ def _uses_nccl() -> bool:
 
 
 def barrier() -> None:
-    """Wait for every rank (no-op on one process)."""
+    """Wait for every rank (no-op on one process).
+
+    On gloo it is torch's monitored barrier: when a rank does not arrive within the process group's timeout
+    (``dist_timeout``), rank 0 raises an error that names the ranks that stopped answering.
+    """
     if get_world_size() <= 1:
         return
-    if _uses_nccl():
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
+    try:
+        if _uses_nccl():
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.monitored_barrier(timeout=_TIMEOUT, wait_all_ranks=True)
+    except RuntimeError as e:
+        raise RuntimeError(f"rank {get_rank()}: not every rank reached the barrier within the timeout "
+                           f"(dist_timeout): {' '.join(str(e).split())}") from e
 
 
 def _comm_device() -> torch.device:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["setup_logging", "LOG_FORMAT"]
+__all__ = ["setup_logging", "log_fatal", "LOG_FORMAT"]
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 DATE_FORMAT = "%m-%d %H:%M:%S"
@@ -42,3 +42,14 @@ def setup_logging(run_dir: Optional[Path], rank: int = 0) -> logging.Logger:
         root.addHandler(handler)
     root.setLevel(level)
     return root
+
+
+def log_fatal(exc: BaseException, message: str) -> None:
+    """Record a fatal error: the traceback goes to ``log.txt`` only, ``message`` (one line) to the console too."""
+    root = logging.getLogger()
+    record = root.makeRecord(root.name, logging.ERROR, __file__, 0, "%s", (message,),
+                             (type(exc), exc, exc.__traceback__))
+    for handler in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"error: {message}", file=sys.stderr, flush=True)

@@ -1,24 +1,37 @@
-"""The training loop: optimizer and poly schedule, AMP, checkpoints with exact resume, validation and logs.
+"""The training loop: optimizer and schedule, AMP, checkpoints with exact resume, validation and logs.
 
 ``train(cfg)`` runs under torchrun (any number of processes) or as a plain process. Checkpoints go to
 ``run_dir/checkpoints/last.pth`` (atomic; resumed from automatically) and ``best.pth`` (best validation Δm proxy,
-or the latest validation where no baseline exists). A run resumed from ``last.pth`` reaches the same weights as an
-uninterrupted run: the data order and augmentations are a function of (seed, epoch), and the skipped part of the
-interrupted epoch is replayed through the loader.
+or the latest validation where no baseline exists).
+
+Exact resume: a run resumed from any checkpoint reaches the same weights and optimizer state, bit for bit, as an
+uninterrupted run, whatever killed it (a crash inside a step, during validation or during a save):
+
+* the data order and augmentations are a function of (seed, epoch), and the skipped part of the interrupted epoch
+  is replayed through the loader;
+* every rank's random state (torch, CUDA, NumPy, Python) is saved, and side work (validation, TensorBoard images)
+  runs under :func:`utils.checkpoint.preserved_rng`, so it never moves the training stream;
+* a validation that a checkpoint was saved before, but did not finish, runs again on resume.
+
+``config.yaml`` is written once per run. A resume whose config differs from the checkpoint's stops and lists the
+keys, unless the changes are asked for (``apply_changes``): they then take effect and are logged and recorded.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import random
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 from tqdm import tqdm
 
 from data import build_dataloaders
@@ -27,32 +40,17 @@ from evaluation.evaluator import evaluate
 from losses import build_loss
 from models import build_model
 from models.execution import compile_decoder
-from utils.checkpoint import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state, unwrap_model
-from utils.config import config_to_dict
-from utils.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, is_main_process
+from utils.checkpoint import (load_checkpoint, load_model_state, preserved_rng, rng_state, save_checkpoint,
+                              set_rng_state, unwrap_model)
+from utils.config import AMP_DTYPES, RUNTIME_KEYS, ConfigError, config_diff, config_to_dict, save_config
+from utils.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, get_rank, is_main_process
+from utils.fileio import remove_stale_temp_files, write_text
+from utils.optim import build_optimizer, build_scheduler
 from utils.visualize import prediction_grid
 
-__all__ = ["AMP_DTYPES", "build_optimizer", "poly_schedule", "Trainer", "train"]
+__all__ = ["Trainer", "train"]
 
 logger = logging.getLogger(__name__)
-
-AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or Adam over all parameters in one group, as the official recipes do (weight decay on everything)."""
-    kwargs = dict(cfg.optimizer_kwargs)
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
-    optimizers = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
-    if cfg.optimizer not in optimizers:
-        raise ValueError(f"optimizer={cfg.optimizer!r} is not valid; valid: {sorted(optimizers)}")
-    return optimizers[cfg.optimizer](model.parameters(), **kwargs)
-
-
-def poly_schedule(optimizer: torch.optim.Optimizer, max_iter: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr · (1 − it / max_iter)^power, stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / max_iter) ** power)
 
 
 class Trainer:
@@ -68,7 +66,11 @@ class Trainer:
         self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist_info
         self.device = dist_info.device
         self.seed = int(cfg.get("seed", 0))
+        random.seed(self.seed)
+        np.random.seed(self.seed)
         torch.manual_seed(self.seed)
+        # the data first: a missing dataset is named before any encoder weights are downloaded
+        self.train_loader, self.val_loader = build_dataloaders(cfg, seed=self.seed)
         model = compile_decoder(build_model(cfg).to(self.device), cfg.model.compile)
         if dist_info.is_distributed:
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
@@ -78,41 +80,97 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model
         self.optimizer = build_optimizer(cfg, model)
-        self.scheduler = poly_schedule(self.optimizer, int(cfg.max_iter), float(cfg.scheduler_kwargs.power))
+        self.scheduler = build_scheduler(cfg, self.optimizer)
         self.amp_dtype = AMP_DTYPES[cfg.get("amp")]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = build_loss(cfg)
-        self.train_loader, self.val_loader = build_dataloaders(cfg, seed=self.seed)
-        self.iteration, self.best_score = 0, -math.inf
+        self.iteration, self.best_score, self.validated_at = 0, -math.inf, 0
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.stop_signal: int | None = None
         self.writer = None
         if is_main_process():
+            remove_stale_temp_files(self.ckpt_dir)
+
+    def open_writer(self) -> None:
+        """TensorBoard on rank 0; points logged after the current iteration by an earlier attempt are dropped."""
+        if is_main_process() and self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.iteration or None)
 
     # ------------------------------------------------------------------------------------------------ state
     def state(self) -> dict:
+        """The checkpoint; collective (every rank's random state is gathered), so every rank calls it."""
         return {"model": unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "iteration": self.iteration, "best_score": self.best_score, "rng": rng_state(),
-                "config": config_to_dict(self.cfg)}
+                "iteration": self.iteration, "best_score": self.best_score, "validated_at": self.validated_at,
+                "rng": all_gather_object(rng_state()), "config": config_to_dict(self.cfg)}
 
     def save(self, name: str) -> Path:
-        """Write ``checkpoints/<name>`` atomically (rank 0)."""
+        """Write ``checkpoints/<name>`` atomically (rank 0 writes; every rank must call it)."""
         path = self.ckpt_dir / name
+        state = self.state()
         if is_main_process():
-            save_checkpoint(path, self.state())
+            save_checkpoint(path, state)
+        barrier()
         return path
 
-    def resume(self, path: Path) -> None:
+    def resume(self, path: Path, apply_changes: bool = False) -> None:
+        """Continue from checkpoint ``path``. A config that differs from the checkpoint's (beyond
+        :data:`utils.config.RUNTIME_KEYS`) is an error listing the keys, unless ``apply_changes``."""
         state = load_checkpoint(path, map_location="cpu")
+        changes = self._config_changes(state.get("config"), path, apply_changes)
         load_model_state(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_score = int(state["iteration"]), float(state["best_score"])
-        set_rng_state(state["rng"])
+        self.validated_at = int(state.get("validated_at", self.iteration))
+        rng = state["rng"]
+        if isinstance(rng, list):                      # one state per rank
+            if len(rng) != self.dist.world_size:
+                logger.warning("checkpoint holds the random states of %d rank(s), this run has %d: the random "
+                               "stream differs from the original run's", len(rng), self.dist.world_size)
+            rng = rng[get_rank() % len(rng)]
+        set_rng_state(rng)
+        if changes:
+            self._apply_config_changes(changes)
         logger.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def _config_changes(self, saved: dict | None, path: Path, apply_changes: bool) -> dict[str, tuple]:
+        if saved is None:
+            return {}
+        diff = config_diff(saved, self.cfg)
+        runtime = {k: v for k, v in diff.items() if k in RUNTIME_KEYS}
+        if runtime:
+            logger.info("resuming with other run settings: %s", _describe(runtime))
+        changes = {k: v for k, v in diff.items() if k not in RUNTIME_KEYS}
+        if changes and not apply_changes:
+            raise ConfigError(f"the config differs from the one {path} was trained with: {_describe(changes)}. "
+                              f"Run with the checkpoint's values, pass --apply_config_changes to continue with the "
+                              f"new ones, or --no_resume to start over")
+        return changes
+
+    def _apply_config_changes(self, changes: dict[str, tuple]) -> None:
+        """Make the optimizer and schedule follow the new config (their loaded state holds the old values), log
+        the change and record it beside config.yaml."""
+        kwargs = dict(self.cfg.optimizer_kwargs)
+        if "betas" in kwargs:
+            kwargs["betas"] = tuple(kwargs["betas"])
+        for group in self.optimizer.param_groups:
+            group.update({k: v for k, v in kwargs.items() if k != "lr"})
+            group["initial_lr"] = kwargs["lr"]
+        self.scheduler.base_lrs = [kwargs["lr"]] * len(self.optimizer.param_groups)
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        logger.warning("resuming at iteration %d with config changes: %s", self.iteration, _describe(changes))
+        if is_main_process():
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            record = self.run_dir / "config_changes.yaml"
+            history = yaml.safe_load(record.read_text()) if record.is_file() else []
+            history.append({"iteration": self.iteration, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()}})
+            write_text(record, yaml.safe_dump(history, sort_keys=False, allow_unicode=True))
 
     # ------------------------------------------------------------------------------------------------ data
     def batches(self):
@@ -137,15 +195,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ steps
     def step(self, batch: dict) -> dict[str, float]:
-        """One optimisation step; returns the detached losses. Raises FloatingPointError on a non-finite loss."""
+        """One optimisation step; returns the detached losses. Raises FloatingPointError on a non-finite loss
+        (on every rank, when any rank has one)."""
         self.model.train()
         image = batch["image"].to(self.device, non_blocking=True)
         targets = {t: batch[t].to(self.device, non_blocking=True) for t in self.cfg.TASKS.NAMES}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             preds = self.model(image)
         losses = self.loss_fn({t: p.float() for t, p in preds.items()}, targets)
-        bad = [t for t, v in losses.items() if not torch.isfinite(v)]
-        if bad:
+        finite = torch.stack([torch.isfinite(v) for v in losses.values()]).float()
+        if self.dist.is_distributed:
+            finite = all_reduce_sum(finite) / self.dist.world_size
+        if not bool((finite == 1).all()):
+            bad = [t for t, ok in zip(losses, finite.tolist()) if ok != 1]
             path = self.save(f"nonfinite_iter{self.iteration}.pth")
             raise FloatingPointError(f"non-finite loss for {', '.join(bad)} at iteration {self.iteration}; "
                                      f"the state before this step is in {path} (last.pth is untouched)")
@@ -161,23 +223,30 @@ class Trainer:
         return {t: v.item() for t, v in losses.items()}
 
     def validate(self) -> dict[str, dict[str, float]]:
-        results = evaluate(self.model, self.val_loader, self.cfg, self.device, amp_dtype=self.amp_dtype)
+        """Evaluate, log, and save best.pth when the score improves; the training random stream is untouched."""
+        with preserved_rng():
+            evaluation = evaluate(self.model, self.val_loader, self.cfg, self.device, amp_dtype=self.amp_dtype)
+            if self.writer is not None:
+                self.log_prediction_images()
+        results = evaluation.metrics
         baseline = default_baseline(self.cfg.train_db_name)
-        score = -math.inf
+        score = math.inf if baseline is None else delta_m(results, baseline, proxy=True).value
         if baseline is not None:
-            d = delta_m(results, baseline, proxy=True)
-            score = d.value
-            results["delta_m_proxy"] = {"value": d.value}
+            results["delta_m_proxy"] = {"value": score}
         if self.writer is not None:
             for task, metrics in results.items():
                 for name, value in metrics.items():
                     self.writer.add_scalar(f"val/{task}/{name}", value, self.iteration)
-            self.log_prediction_images()
         logger.info("iteration %d validation: %s", self.iteration,
                     "; ".join(f"{t} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in results.items()))
-        if baseline is None or score > self.best_score:
-            self.best_score = max(score, self.best_score)
+        problems = evaluation.describe_nonfinite()
+        if problems or not math.isfinite(score):
+            logger.warning("best.pth not updated at iteration %d: the validation has %s", self.iteration,
+                           problems or "a non-finite Δm proxy")
+        elif baseline is None or score > self.best_score:
+            self.best_score = score if baseline is not None else self.best_score
             self.save("best.pth")
+        self.validated_at = self.iteration
         return results
 
     @torch.no_grad()
@@ -202,21 +271,30 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ loop
     def fit(self, until: int | None = None) -> None:
-        """Train to ``max_iter``, or stop at iteration ``until`` (e.g. a time budget; resume later from last.pth)."""
+        """Train to ``max_iter``, or stop at iteration ``until`` (e.g. a time budget; resume later from last.pth).
+
+        A SIGTERM / SIGINT saves last.pth and returns early with :attr:`stop_signal` set."""
         cfg, max_iter = self.cfg, int(self.cfg.max_iter)
         stop = max_iter if until is None else min(until, max_iter)
-        log_every, val_every = int(cfg.get("log_interval", 20)), int(cfg.get("val_interval", 0) or 0)
-        ckpt_every = int(cfg.get("ckpt_interval", 1000))
+        self.open_writer()
         bar = tqdm(total=max_iter, initial=self.iteration, desc="train", disable=not is_main_process(),
                    dynamic_ncols=True)
-        batches, start = self.batches(), time.perf_counter()
+        start = time.perf_counter()
         with self.stop_on_signals():
-            self._loop(batches, bar, stop, max_iter, log_every, val_every, ckpt_every)
+            if self._validation_due():                 # saved before a validation that did not finish
+                self.validate()
+            self._loop(self.batches(), bar, stop, max_iter)
         bar.close()
         self.check_replicas()
         logger.info("trained to iteration %d of %d in %.1f s", self.iteration, max_iter, time.perf_counter() - start)
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
+
+    def _validation_due(self) -> bool:
+        val_every, max_iter = int(self.cfg.val_interval), int(self.cfg.max_iter)
+        at_mark = self.iteration % val_every == 0 or self.iteration == max_iter
+        return self.iteration > self.validated_at and at_mark
 
     @contextlib.contextmanager
     def stop_on_signals(self):
@@ -240,7 +318,8 @@ class Trainer:
         flag = torch.tensor([float(self.stop_signal is not None)], device=self.device)
         return bool(all_reduce_sum(flag).item() > 0) if self.dist.is_distributed else bool(flag.item())
 
-    def _loop(self, batches, bar, stop: int, max_iter: int, log_every: int, val_every: int, ckpt_every: int) -> None:
+    def _loop(self, batches, bar, stop: int, max_iter: int) -> None:
+        log_every, ckpt_every = int(self.cfg.log_interval), int(self.cfg.ckpt_interval)
         while self.iteration < stop:
             losses = self.step(next(batches))
             bar.update(1)
@@ -252,21 +331,28 @@ class Trainer:
                 self.writer.add_scalar("train/lr", lr, self.iteration)
             if self.iteration % ckpt_every == 0 or self.iteration == stop:
                 self.save("last.pth")
-                barrier()
-            if val_every and (self.iteration % val_every == 0 or self.iteration == max_iter):
+            if self._validation_due():
                 self.validate()
             if self.stop_requested():
                 self.save("last.pth")
-                barrier()
+                if self.stop_signal is None:           # another rank was signalled
+                    self.stop_signal = signal.SIGTERM
                 logger.warning("stop signal: saved last.pth at iteration %d; rerun the same command to resume",
                                self.iteration)
                 return
 
 
-def train(cfg: Any, run_dir: Path | None = None, dist_info: DistInfo | None = None, resume: bool = True) -> Trainer:
+def _describe(changes: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
+def train(cfg: Any, run_dir: Path | None = None, dist_info: DistInfo | None = None, resume: bool = True,
+          apply_changes: bool = False) -> Trainer:
     """Train as the config says; resume from ``run_dir/checkpoints/last.pth`` when it exists and ``resume``.
 
-    ``run_dir`` defaults to ``out_dir/version_name``; ``dist_info`` to :func:`utils.distributed.init_distributed`.
+    A new run writes ``config.yaml``; a resumed one checks its config against the checkpoint's (see
+    :meth:`Trainer.resume`; ``apply_changes`` lets changed keys take effect). ``run_dir`` defaults to
+    ``out_dir/version_name``; ``dist_info`` to :func:`utils.distributed.init_distributed`.
     """
     from utils.distributed import init_distributed
 
@@ -274,6 +360,8 @@ def train(cfg: Any, run_dir: Path | None = None, dist_info: DistInfo | None = No
     trainer = Trainer(cfg, run_dir, init_distributed() if dist_info is None else dist_info)
     last = trainer.ckpt_dir / "last.pth"
     if resume and last.is_file():
-        trainer.resume(last)
+        trainer.resume(last, apply_changes)
+    elif is_main_process():
+        save_config(cfg, run_dir / "config.yaml")
     trainer.fit()
     return trainer

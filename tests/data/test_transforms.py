@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from data.io import DatasetError
 from data.transforms import (IGNORE, AddIgnoreRegions, Compose, Normalize, PadImage, PhotoMetricDistortion,
                              RandomCrop, RandomHorizontalFlip, RandomScaling, ToTensor, train_transforms)
 from data.transforms import test_transforms as build_test_transforms  # not collected by pytest
@@ -138,7 +139,9 @@ def test_pad_offsets_and_fills():
         mask[1:4, 2:6] = False
         assert (a[mask] == fill).all(), key
     big = np.ones((10, 10, 1), np.float32)
-    assert PadImage((6, 9))({"semseg": big}, None)["semseg"] is big   # only enlarges
+    with pytest.raises(DatasetError, match=r"id 0042: the semseg map is 10x10, larger than the padding size \[6, 9\] "
+                                           r"\(TEST\.SCALE\).*at least \[10, 10\]"):
+        PadImage((6, 9))({"semseg": big, "meta": {"img_name": "0042"}}, None)   # only enlarges
 
 
 def test_add_ignore_regions():
