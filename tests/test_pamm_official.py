@@ -26,6 +26,7 @@ from utils.checkpoint import CheckpointError
 from utils.config import load_config
 from utils.official import checkpoint_model_state, config_for_checkpoint, is_official_checkpoint
 from utils.official_pamm import (
+    RELEASED_SWITCHES,
     TRAINER_KEYS,
     is_pamm_checkpoint,
     official_to_ours,
@@ -80,14 +81,15 @@ def random_official_state_dict(name, seed=0):
 # The released NYUD and PASCAL models, full size
 
 
-@pytest.mark.parametrize("name,params,entries", [("pamm_nyud", 625_807_261, 625_822_181),
-                                                 ("pamm_pascal", 996_460_982, 996_494_352)])
-def test_parameter_totals_are_the_released_ones_without_the_discarded_moe(full_models, name, params, entries):
+@pytest.mark.parametrize("name,params,entries,moe", [("pamm_nyud", 625_807_261, 625_822_181, 36_239_808),
+                                                     ("pamm_pascal", 996_460_982, 996_494_352, 63_226_752)])
+def test_parameter_totals_are_the_released_ones_without_the_discarded_moe(full_models, name, params, entries, moe):
     """Ours = official total − the local-conv MoE (never used) + nothing: A, D are constants outside both state
     dicts, and our only extra entries are the frozen priors (buffers, 2·T·N per tap)."""
     model, manifest = full_models[name], MANIFESTS[name]
     dead = [(k, s) for k, s in manifest["entries"] if DEAD in k]
     dead_params = sum(math.prod(s) for k, s in dead if not k.endswith(BUFFERS))
+    assert dead_params == moe
     n_tasks, d_state = len(manifest["build"]["tasks"]), model.decoder.taps[0].layers[0].d_state
     assert sum(p.numel() for p in model.parameters()) == params == manifest["param_total"] - dead_params
     assert sum(v.numel() for v in model.state_dict().values()) == entries == \
@@ -274,6 +276,13 @@ def test_our_model_computes_the_released_forward():
 
 # --------------------------------------------------------------------------------------------------------
 # Strictness, infer and the converter
+
+
+def test_code_faithful_configs_set_the_switches_infer_applies():
+    for config, _ in FAITHFUL.values():
+        cfg = load_config(REPO / config)
+        assert {k: cfg.model.pame[k] for k in RELEASED_SWITCHES} == RELEASED_SWITCHES, config
+        assert (cfg.model.pame.pe_kernel, cfg.model.pame.n_experts, cfg.model.pame.expert_rank) == (9, 15, 4)
 
 
 def test_strict_errors_name_every_key_and_switch():

@@ -329,18 +329,26 @@ def released_config(cfg: Any, checkpoint: Mapping[str, Any]) -> tuple[Any, list[
     if set(tasks) != set(cfg.TASKS.NAMES):
         raise CheckpointError(f"the official PAMM checkpoint was trained for tasks {tasks}, the config selects "
                               f"{list(cfg.TASKS.NAMES)} (train_db_name={cfg.train_db_name})")
-    first = sd[f"{STAGE}.0.first_decode.weight"]
     stage = f"{STAGE}.0"
-    switches = dict(RELEASED_SWITCHES, dim=first.shape[0],
-                    backbone_dim=None if first.shape[1] == sd["backbone.pos_embed"].shape[-1] else first.shape[1],
-                    moe_b=f"{stage}.B_proj0.MoE.0.W.weight" in sd, moe_c=f"{stage}.C_proj0.MoE.0.W.weight" in sd)
-    moe = next((p for p in ("B_proj0", "C_proj0") if f"{stage}.{p}.MoE.0.W.weight" in sd), None)
-    if moe is not None:
-        down = sd[f"{stage}.{moe}.MoE.0.W.weight"]
-        switches |= dict(pe_kernel=down.shape[-1], expert_rank=down.shape[0],
-                         n_experts=sum(bool(re.fullmatch(rf"{stage}\.{moe}\.MoE\.\d+\.W\.weight", k)) for k in sd))
+
+    def shape(key: str) -> torch.Size:
+        if key not in sd:
+            raise CheckpointError(f"official PAMM checkpoint without module.{key}: cannot read the model's widths")
+        return sd[key].shape
+
+    def n_experts(proj: str) -> int:
+        return sum(bool(re.fullmatch(rf"{re.escape(stage)}\.{proj}\.MoE\.\d+\.W\.weight", k)) for k in sd)
+
+    experts = {proj: n_experts(proj) for proj in ("B_proj0", "C_proj0")}
+    first = shape(f"{stage}.first_decode.weight")
+    switches = dict(RELEASED_SWITCHES, dim=first[0], moe_b=experts["B_proj0"] > 0, moe_c=experts["C_proj0"] > 0,
+                    backbone_dim=None if first[1] == shape("backbone.pos_embed")[-1] else first[1])
+    moe = next((proj for proj, n in experts.items() if n), None)
+    if moe is not None:                         # the B/C expert convs: E of them, rank r, kernel κ
+        down = shape(f"{stage}.{moe}.MoE.0.W.weight")
+        switches |= dict(pe_kernel=down[-1], expert_rank=down[0], n_experts=experts[moe])
     b_out = f"{stage}.B_proj0.Bn.{tasks[0]}.weight" if switches["moe_b"] else f"{stage}.B_proj0.{tasks[0]}.bias"
-    model_keys = dict(d_state=sd[b_out].numel(), pretrained=False, pretrained_path=None)
+    model_keys = dict(d_state=shape(b_out)[0], pretrained=False, pretrained_path=None)
     changes = [f"model.pame.{k}: {cfg.model.pame[k]!r} -> {v!r}" for k, v in switches.items() if cfg.model.pame[k] != v]
     changes += [f"model.{k}: {cfg.model[k]!r} -> {v!r}" for k, v in model_keys.items() if cfg.model[k] != v]
     cfg = copy.deepcopy(cfg)
