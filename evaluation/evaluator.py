@@ -195,7 +195,7 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     """Evaluate a checkpoint on the val split: print the metric table and Δm, write metrics.json/metrics.md.
 
     ``checkpoint`` is one of ours or a released MTMamba / MTMamba++ file (official format, converted on load and
-    evaluated with ``swin_pad_mode: mmseg``, see :mod:`utils.official`).
+    evaluated with ``swin_pad_mode: mmseg``, see :mod:`utils.official`) or PAMM file (:mod:`utils.official_pamm`).
 
     Saves ``save_predictions`` maps under ``run_dir/predictions`` and, with ``eval_boundary``, scores the edge
     maps with the SEISM protocol (``boundary_mode``: fast | exact | proxy). ``run_dir`` defaults to

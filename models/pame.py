@@ -11,11 +11,14 @@ along four rotations of a Hilbert curve (MDHS, :mod:`models.ops.curves`).
 * ``pame_swin`` — our adaptation (§3.5, [INFERRED]): MTMamba's three-stage Swin-L decoder with one PAME layer per
   stage in place of the STM/CTM blocks, and MTMamba's heads.
 
-Released-code quirks and our defaults (§3.3), each a config switch under ``model.pame``: ``local_conv`` (Q1: dw,
-the released code has none), ``priors`` (Q2: learnable, the released code's are unregistered constants ->
+Released-code quirks and our defaults (§3.3, §3.6), each a config switch under ``model.pame``: ``local_conv``
+(Q1: dw, the released code has none), ``priors`` (Q2: learnable, the released code's are unregistered constants ->
 ``frozen``), ``pe_kernel`` (Q3: 1, the released code's 9), ``router_spatial`` (Q4: gap, the released code's
-``linear``), and the CV² load-balancing loss (Q5: active here, dead in the released code). A_log and D are
-registered parameters (Q2).
+``linear``), the CV² load-balancing loss (Q5: active here, dead in the released code), ``a_d`` (learnable A_log and
+D, the released code's constants -> ``constant``) and ``init`` (Mamba's Δ initialisation, the released code's ViT
+initialisation -> ``official``). The priors of every layer are drawn from a documented seed (:func:`draw_priors`).
+``configs/ablations/pame_code_faithful*.yml`` set every released value; ``utils/official_pamm.py`` loads the
+released checkpoints.
 """
 from __future__ import annotations
 
@@ -39,13 +42,16 @@ from .registry import register_model
 from .ss2d import init_ssm_parameters, to_scan_dtype
 from .vit import build_vit_encoder
 
-__all__ = ["PAME_CHOICES", "PAME_INT_KEYS", "Router", "ParameterExperts", "PAMELayer", "PAMEStage", "PAMMDecoder",
-           "PAMMHead", "PAMEModel", "cv_squared", "load_balance_loss", "build_pame_vit", "build_pame_swin"]
+__all__ = ["PAME_CHOICES", "PAME_INT_KEYS", "Router", "ParameterExperts", "PAMELayer", "PAMEStage", "PAMMTap",
+           "PAMMDecoder", "PAMMHead", "PAMEModel", "cv_squared", "load_balance_loss", "draw_priors", "released_init",
+           "build_pame_vit", "build_pame_swin"]
 
 # model.pame keys with a fixed set of values (utils/config.py validates them)
 PAME_CHOICES: dict[str, tuple] = {
     "local_conv": ("dw", "none"),
     "priors": ("learnable", "frozen", "none"),
+    "a_d": ("learnable", "constant"),
+    "init": ("mamba", "official"),
     "router_spatial": ("gap", "linear"),
     "scan": CURVES,
     "moe_b": (True, False),
@@ -55,6 +61,9 @@ PAME_CHOICES: dict[str, tuple] = {
 PAME_INT_KEYS = ("depth", "dim", "n_experts", "expert_rank", "topk", "pe_kernel")
 GN_GROUPS = 32      # GroupNorm32 of the released code (fewer groups when the width is not a multiple of 32)
 PRIOR_STD = 0.02    # trunc-normal init of the Parameter Priors (§3.2)
+PRIOR_SEED = 0      # the priors of PAME layer i of a model (taps / stages in order, then depth): seed PRIOR_SEED + i
+INIT_STD = 0.02     # the released code's ViT initialisation: trunc-normal std of Linear weights (§3.6 item 6)
+ROUTER_LN_EPS = 1e-5  # the released router's channel LayerNorm is nn.LayerNorm (§3.6 item 3)
 
 
 def _group_norm(dim: int) -> nn.GroupNorm:
@@ -108,7 +117,8 @@ class Router(nn.Module):
             raise ValueError(f"topk={topk} must be in 1..n_experts={n_experts}")
         q = d_inner // 4
         self.n_experts, self.topk = n_experts, topk
-        self.channel = nn.Sequential(nn.Conv2d(d_inner, q, 1), LayerNorm2d(q), nn.GELU(), nn.Conv2d(q, q, 1))
+        self.channel = nn.Sequential(nn.Conv2d(d_inner, q, 1), LayerNorm2d(q, eps=ROUTER_LN_EPS), nn.GELU(),
+                                     nn.Conv2d(q, q, 1))
         if spatial == "linear":
             if grid is None:
                 raise ValueError("router_spatial='linear' needs the input grid (H, W)")
@@ -215,6 +225,16 @@ class TaskProjections(nn.ModuleDict):
 # The PAME layer (MODELS.md §3.2)
 
 
+def draw_priors(n_tasks: int, d_state: int, seed: int) -> torch.Tensor:
+    """Parameter Priors P^B, P^C of one PAME layer, (2, T, N) on the CPU: trunc-normal (std 0.02, cut at ±2) from
+    ``torch.Generator().manual_seed(seed)``, B before C, tasks in order.
+
+    The released code redraws them (same distribution, unseeded) at every construction and saves none; a released
+    checkpoint is evaluated here with this draw (MODELS.md §3.6 item 7)."""
+    generator = torch.Generator().manual_seed(seed)
+    return nn.init.trunc_normal_(torch.empty(2, n_tasks, d_state, device="cpu"), std=PRIOR_STD, generator=generator)
+
+
 class PAMELayer(nn.Module):
     """One PAME layer over all tasks, on NCHW maps (MODELS.md §3.2, Swin form §3.5).
 
@@ -242,6 +262,9 @@ class PAMELayer(nn.Module):
         local_conv: "dw" or "none" (Q1).
         priors: "learnable" (parameters), "frozen" (a fixed random buffer, saved with the model: the released code's
             unregistered constants, Q2) or "none".
+        prior_seed: the seed of :func:`draw_priors` for this layer's initial priors.
+        a_d: "learnable" (A_log and D are parameters) or "constant" (A = −(1..N), D = 1 as buffers outside the state
+            dict, never trained: the released code).
         scan: "hilbert", "z" or "s" (:mod:`models.ops.curves`).
         drop_path: stochastic-depth rate of the residual branch.
         scan_backend: backend of :func:`selective_scan`.
@@ -252,10 +275,11 @@ class PAMELayer(nn.Module):
                  dt_rank: int | str = "auto", n_experts: int = 15, expert_rank: int = 4, topk: int = 9,
                  pe_kernel: int = 1, router_spatial: str = "gap", grid: tuple[int, int] | None = None,
                  moe_b: bool = True, moe_c: bool = True, local_conv: str = "dw", priors: str = "learnable",
-                 scan: str = "hilbert", drop_path: float = 0.0, scan_backend: str = "auto", dt_min: float = 1e-3,
-                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0) -> None:
+                 prior_seed: int = PRIOR_SEED, a_d: str = "learnable", scan: str = "hilbert", drop_path: float = 0.0,
+                 scan_backend: str = "auto", dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 dt_scale: float = 1.0) -> None:
         super().__init__()
-        for key, value in (("local_conv", local_conv), ("priors", priors)):
+        for key, value in (("local_conv", local_conv), ("priors", priors), ("a_d", a_d)):
             if value not in PAME_CHOICES[key]:
                 raise ValueError(f"{key}={value!r} is not valid; valid: {list(PAME_CHOICES[key])}")
         self.tasks = list(tasks)
@@ -279,16 +303,23 @@ class PAMELayer(nn.Module):
         self.x_proj_weight = nn.Parameter(torch.empty(n_tasks, r, di))
         self.dt_projs_weight = nn.Parameter(torch.empty(n_tasks, di, r))
         self.dt_projs_bias = nn.Parameter(torch.empty(n_tasks, di))
-        self.A_logs = nn.Parameter(torch.empty(n_tasks * di, d_state))
-        self.Ds = nn.Parameter(torch.empty(n_tasks * di))
+        if a_d == "learnable":
+            self.A_logs = nn.Parameter(torch.empty(n_tasks * di, d_state))
+            self.Ds = nn.Parameter(torch.empty(n_tasks * di))
+        else:   # the released code's constants: not trained, not saved (rebuilt identically at construction)
+            self.register_buffer("A_logs", torch.empty(n_tasks * di, d_state), persistent=False)
+            self.register_buffer("Ds", torch.empty(n_tasks * di), persistent=False)
         init_ssm_parameters(self, dt_min, dt_max, dt_init_floor, dt_scale)
 
         pe = dict(n_experts=n_experts, rank=expert_rank, topk=topk, kernel=pe_kernel, router_spatial=router_spatial,
                   grid=grid)
         self.pe_b = ParameterExperts(di, d_state, self.tasks, **pe) if moe_b else TaskProjections(di, d_state, tasks)
         self.pe_c = ParameterExperts(di, d_state, self.tasks, **pe) if moe_c else TaskProjections(di, d_state, tasks)
-        # Parameter Priors P^B, P^C: (2, T, N)
-        prior = trunc_normal_(torch.empty(2, n_tasks, d_state), std=PRIOR_STD)
+        # Parameter Priors P^B, P^C: (2, T, N), from the layer's seed
+        self.prior_seed = prior_seed
+        prior = torch.empty(2, n_tasks, d_state)
+        if prior.device.type != "meta":
+            prior.copy_(draw_priors(n_tasks, d_state, prior_seed))
         if priors == "learnable":
             self.priors = nn.Parameter(prior)
         elif priors == "frozen":
@@ -358,12 +389,15 @@ class PAMELayer(nn.Module):
 class PAMEStage(nn.Module):
     """A ``pame_swin`` decoder stage (MODELS.md §3.5): ``len(drop_path)`` PAME layers on channels-last task maps.
 
-    ``{task: (B, H, W, C)} -> {task: (B, H, W, C)}``; ``layer_kwargs`` go to every :class:`PAMELayer`.
+    ``{task: (B, H, W, C)} -> {task: (B, H, W, C)}``; ``layer_kwargs`` go to every :class:`PAMELayer`, layer j gets
+    the prior seed ``first_seed + j``.
     """
 
-    def __init__(self, dim: int, tasks: Sequence[str], drop_path: Sequence[float], **layer_kwargs) -> None:
+    def __init__(self, dim: int, tasks: Sequence[str], drop_path: Sequence[float], first_seed: int = PRIOR_SEED,
+                 **layer_kwargs) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(PAMELayer(dim, tasks, drop_path=rate, **layer_kwargs) for rate in drop_path)
+        self.layers = nn.ModuleList(PAMELayer(dim, tasks, drop_path=rate, prior_seed=first_seed + j, **layer_kwargs)
+                                    for j, rate in enumerate(drop_path))
 
     def forward(self, x: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = {t: to_channels_first(v) for t, v in x.items()}
@@ -374,15 +408,23 @@ class PAMEStage(nn.Module):
 
 class PAMMTap(nn.Module):
     """The PAME module of one ViT tap (MODELS.md §3.1-3.2): ``first_decode`` (Conv3×3 C_bb -> d, GroupNorm32),
-    shared by the tasks, then ``depth`` PAME layers. ``(B, C_bb, h, w) -> {task: (B, d, h, w)}``."""
+    shared by the tasks, then ``depth`` PAME layers (layer j with the prior seed ``first_seed + j``).
+    ``(B, C_bb, h, w) -> {task: (B, d, h, w)}``."""
 
-    def __init__(self, in_dim: int, dim: int, tasks: Sequence[str], depth: int, **layer_kwargs) -> None:
+    def __init__(self, in_dim: int, dim: int, tasks: Sequence[str], depth: int, first_seed: int = PRIOR_SEED,
+                 **layer_kwargs) -> None:
         super().__init__()
         self.tasks = list(tasks)
         self.first_decode = nn.Sequential(nn.Conv2d(in_dim, dim, 3, padding=1), _group_norm(dim))
-        self.layers = nn.ModuleList(PAMELayer(dim, tasks, **layer_kwargs) for _ in range(depth))
+        self.layers = nn.ModuleList(PAMELayer(dim, tasks, prior_seed=first_seed + j, **layer_kwargs)
+                                    for j in range(depth))
 
     def forward(self, feature: torch.Tensor) -> dict[str, torch.Tensor]:
+        in_dim = self.first_decode[0].in_channels
+        if feature.shape[1] != in_dim:
+            raise ValueError(f"first_decode takes {in_dim} channels (model.pame.backbone_dim) but the encoder gives "
+                             f"{feature.shape[1]}; the released NYUD config's backbone_dim 768 cannot run on ViT-L "
+                             "(MODELS.md §3.3 Q6): leave model.pame.backbone_dim null to train or evaluate")
         shared = self.first_decode(feature)
         x = {t: shared for t in self.tasks}
         for layer in self.layers:
@@ -395,15 +437,17 @@ class PAMMDecoder(nn.Module):
     over the taps and a ×4 bilinear up-sampling (stride 16 -> 4).
 
     Per task: ``m = softmax_taps(Conv3×3(d -> n_taps)(GELU(BN(Conv1×1(n_taps·d -> d)(cat_i F_i)))))``,
-    ``F = Σ_i m_i ⊙ F_i``. ``forward: [(B, C_bb, h, w)] * n_taps -> {task: (B, d, 4h, 4w)}``.
+    ``F = Σ_i m_i ⊙ F_i``. ``forward: [(B, C_bb, h, w)] * n_taps -> {task: (B, d, 4h, 4w)}``. ``backbone_dim``
+    overrides C_bb of the ``first_decode`` convs (the released NYUD config's 768, Q6; default: the encoder's).
     """
 
     def __init__(self, encoder_channels: Sequence[int], tasks: Sequence[str], dim: int, depth: int = 1,
-                 **layer_kwargs) -> None:
+                 backbone_dim: int | None = None, **layer_kwargs) -> None:
         super().__init__()
         self.tasks = list(tasks)
         n_taps = len(encoder_channels)
-        self.taps = nn.ModuleList(PAMMTap(c, dim, tasks, depth, **layer_kwargs) for c in encoder_channels)
+        self.taps = nn.ModuleList(PAMMTap(backbone_dim or c, dim, tasks, depth, PRIOR_SEED + i * depth,
+                                          **layer_kwargs) for i, c in enumerate(encoder_channels))
         self.fusion = nn.ModuleDict({t: nn.Sequential(
             nn.Conv2d(n_taps * dim, dim, 1), nn.BatchNorm2d(dim), nn.GELU(), nn.Conv2d(dim, n_taps, 3, padding=1))
             for t in self.tasks})
@@ -450,12 +494,33 @@ class PAMEModel(MultiTaskModel):
         return out
 
 
+@torch.no_grad()
+def released_init(model: nn.Module) -> None:
+    """The released code's initialisation of the PAME layers and PAMM heads (``init: official``, MODELS.md §3.6
+    item 6): its ``init_weights`` applies timm's ViT initialisation to every ``nn.Linear`` (trunc-normal std 0.02,
+    zero bias), which reaches the Δ projections (so softplus(Δ bias) = 0.693 everywhere) and the routers'
+    Linear(H·W -> 1); the heads' first conv is trunc-normal (0.02) and their last bias N(0, 0.02). The released
+    code's 1×1 convs (our Linear layers on pooled vectors) keep PyTorch's default, the same distribution.
+    """
+    for m in model.modules():
+        if isinstance(m, PAMELayer):
+            trunc_normal_(m.x_proj_weight, std=INIT_STD)
+            trunc_normal_(m.dt_projs_weight, std=INIT_STD)
+            m.dt_projs_bias.zero_()
+        elif isinstance(m, Router) and hasattr(m, "pool"):
+            trunc_normal_(m.pool.weight, std=INIT_STD)
+            m.pool.bias.zero_()
+        elif isinstance(m, PAMMHead):
+            trunc_normal_(m.body[0].weight, std=INIT_STD)
+            m.project.bias.normal_(0.0, INIT_STD)
+
+
 def _layer_kwargs(cfg) -> dict:
     """PAMELayer arguments shared by both layouts, from ``cfg.model`` and ``cfg.model.pame``."""
     m, p = cfg.model, cfg.model.pame
     return dict(d_state=m.d_state, ssm_ratio=m.ssm_ratio, dt_rank=m.dt_rank, n_experts=p.n_experts,
                 expert_rank=p.expert_rank, topk=p.topk, pe_kernel=p.pe_kernel, router_spatial=p.router_spatial,
-                moe_b=p.moe_b, moe_c=p.moe_c, local_conv=p.local_conv, priors=p.priors, scan=p.scan,
+                moe_b=p.moe_b, moe_c=p.moe_c, local_conv=p.local_conv, priors=p.priors, a_d=p.a_d, scan=p.scan,
                 scan_backend=m.scan_backend)
 
 
@@ -472,15 +537,21 @@ def build_pame_vit(cfg) -> PAMEModel:
                                 dynamic_img_size=test_size != train_size, **(m.get("backbone_kwargs") or {}))
     grid = (train_size[0] // encoder.strides[0], train_size[1] // encoder.strides[0])
     tasks = cfg.TASKS.NAMES
-    decoder = PAMMDecoder(encoder.channels, tasks, m.pame.dim, m.pame.depth, grid=grid, **_layer_kwargs(cfg))
+    decoder = PAMMDecoder(encoder.channels, tasks, m.pame.dim, m.pame.depth, m.pame.backbone_dim, grid=grid,
+                          **_layer_kwargs(cfg))
     heads = {t: PAMMHead(decoder.out_channels, cfg.TASKS.NUM_OUTPUT[t]) for t in tasks}
-    return PAMEModel(encoder, decoder, heads)
+    model = PAMEModel(encoder, decoder, heads)
+    if m.pame.init == "official":
+        released_init(model)
+    return model
 
 
 @register_model("pame_swin", input_multiple=INPUT_MULTIPLE)
 def build_pame_swin(cfg) -> PAMEModel:
     """Our Swin-L adaptation (MODELS.md §3.5): MTMamba's skeleton and heads, ``pame.depth`` PAME layers per stage."""
     m = cfg.model
+    if m.pame.backbone_dim is not None:
+        raise ValueError(f"model.pame.backbone_dim={m.pame.backbone_dim!r} applies to pame_vit only; set it to null")
     train_size, test_size = tuple(cfg.TRAIN.SCALE), tuple(cfg.TEST.SCALE)
     encoder = build_encoder(m.backbone, img_size=train_size, pretrained=m.pretrained,
                             pretrained_path=m.pretrained_path, pad_mode=m.swin_pad_mode,
@@ -490,7 +561,11 @@ def build_pame_swin(cfg) -> PAMEModel:
     widths = encoder.channels[::-1][1:]                                              # 768, 384, 192 for Swin-L
     grids = [(train_size[0] // s, train_size[1] // s) for s in encoder.strides[::-1][1:]]
     rates = drop_path_schedule(m.drop_path_rate, len(widths), m.pame.depth)          # linspace(0.2, 0, 3) at depth 1
-    stages = [PAMEStage(c, tasks, r, grid=g, **_layer_kwargs(cfg)) for c, r, g in zip(widths, rates, grids)]
+    stages = [PAMEStage(c, tasks, r, PRIOR_SEED + i * m.pame.depth, grid=g, **_layer_kwargs(cfg))
+              for i, (c, r, g) in enumerate(zip(widths, rates, grids))]
     decoder = ThreeStageDecoder(encoder.channels, tasks, stages)
     heads = {t: TaskHead(decoder.out_channels, cfg.TASKS.NUM_OUTPUT[t]) for t in tasks}
-    return PAMEModel(encoder, decoder, heads)
+    model = PAMEModel(encoder, decoder, heads)
+    if m.pame.init == "official":
+        released_init(model)
+    return model

@@ -1,10 +1,13 @@
 """Plain Vision Transformer encoder with intermediate taps: "An Image is Worth 16x16 Words: Transformers for Image
-Recognition at Scale" (Dosovitskiy et al., ICLR 2021, https://arxiv.org/abs/2010.11929), built from timm.
+Recognition at Scale" (Dosovitskiy et al., ICLR 2021, https://arxiv.org/abs/2010.11929), built from timm's blocks
+as PAMM's backbone runs it (MODELS.md §3.1, §3.6).
 
-PAMM's backbone (MODELS.md §3.1): ViT-L/16 (ImageNet-21k -> 1k at 384, drop-path 0.15) at the training size, so
-the position embedding covers the token grid (NYUD 28×36, PASCAL 32×32; timm resamples the pretrained table when
-it loads the weights). Four taps: the token maps after blocks 6, 12 and 18 and after block 24 followed by the final
-LayerNorm, all at stride 16 with 1024 channels. The class token is dropped from the taps.
+PAMM's backbone: ViT-L/16 (ImageNet-21k -> 1k at 384, drop-path 0.15) at the training size, so the position table
+covers the token grid (NYUD 28×36, PASCAL 32×32). As in the released code there is **no class token**: the tokens are
+``patch_embed(x) + pos_embed[:, 1:]``; the table keeps the unused first slot, ``[1, 1 + H·W, C]``, which holds the
+pretrained class-token position. Pretrained tables are resized as timm 0.5.4's ``resize_pos_embed`` does: plain
+bicubic, ``align_corners=False``, no antialiasing (:func:`resize_grid`). Four taps: the token maps after blocks 6, 12
+and 18 and after block 24 followed by the final LayerNorm, all at stride 16 with 1024 channels.
 
 The encoder exposes ``channels`` and ``strides`` like :class:`models.encoders.SwinEncoder`; its ``forward`` returns
 the taps as NCHW maps, shallowest first.
@@ -12,17 +15,20 @@ the taps as NCHW maps, shallowest first.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.vision_transformer import Attention, VisionTransformer, checkpoint_filter_fn
 
 from .weights import create_timm_model
 
-__all__ = ["VIT_VARIANTS", "VIT_CUSTOM", "VIT_ARCHS", "ViTEncoder", "build_vit_encoder"]
+__all__ = ["VIT_VARIANTS", "VIT_CUSTOM", "VIT_ARCHS", "ViTEncoder", "build_vit_encoder", "resize_grid"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +39,31 @@ VIT_VARIANTS: dict[str, str] = {
 VIT_CUSTOM = "vit_custom"                   # architecture given by embed_dim / depth / num_heads (small test nets)
 VIT_ARCHS = (*VIT_VARIANTS, VIT_CUSTOM)
 N_TAPS = 4
+UNUSED_SLOTS = 1                            # the class-token slot the released table keeps but never adds
+
+
+def resize_grid(cells: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
+    """Position embeddings of a grid resized as timm 0.5.4's ``resize_pos_embed``: (1, h·w, C) -> (1, h'·w', C).
+
+    Plain bicubic interpolation (PyTorch's cubic convolution, a = −0.75) with ``align_corners=False`` and no
+    antialiasing, computed in the table's dtype (timm 1.x antialiases, which changes a 24×24 -> 28×36 table by 2-8 %).
+    """
+    (h, w), (nh, nw) = tuple(old_grid), tuple(new_grid)
+    if (h, w) == (nh, nw):
+        return cells
+    grid = cells.reshape(1, h, w, -1).permute(0, 3, 1, 2)                          # (1, C, h, w)
+    grid = F.interpolate(grid, size=(nh, nw), mode="bicubic", align_corners=False)
+    return grid.permute(0, 2, 3, 1).reshape(1, nh * nw, -1)
 
 
 class ViTEncoder(nn.Module):
-    """ViT returning the token maps after the tap blocks, the last one after the final LayerNorm, as NCHW maps.
+    """PAMM's ViT: no class token, taps after the tap blocks (the last one after the final LayerNorm), NCHW maps.
 
     ``forward: (B, 3, H, W) -> [(B, C, H / p, W / p)] * len(taps)`` with C = ``channels[i]``, p = ``strides[i]``.
     Attention takes timm's explicit ``softmax(q·kᵀ)·v`` path (``fused_attn = False``), which the FLOP counter
     sees (fvcore has no handle for ``F.scaled_dot_product_attention``); see :class:`models.encoders.SwinEncoder`.
+
+    ``vit.pos_embed`` is ``[1, 1 + h·w, C]`` for the grid of ``img_size``; slot 0 is never added (MODELS.md §3.6).
 
     Args:
         arch: a key of :data:`VIT_VARIANTS`, or :data:`VIT_CUSTOM` with ``embed_dim``, ``depth`` and
@@ -50,11 +73,11 @@ class ViTEncoder(nn.Module):
         taps: 1-based block numbers whose outputs are returned, ending with the last block (default: the four
             quarters of the depth, 6/12/18/24 for ViT-L).
         pretrained: load timm's weights for ``arch`` (for ViT-L ``.augreg_in21k_ft_in1k``, ImageNet-21k -> 1k at
-            384) through timm's download, strictly; timm resamples the position table to the grid.
-        pretrained_path: a local timm-layout weight file, loaded strictly by :meth:`load_checkpoint`.
+            384) through timm's download; :meth:`load_state_dict_resized` adapts them.
+        pretrained_path: a local timm-layout weight file, loaded the same way by :meth:`load_checkpoint`.
         drop_path_rate: stochastic depth of the last block (linear from 0); PAMM uses 0.15.
-        dynamic_img_size: accept other input sizes (multiples of the patch); the position table is resampled on
-            every forward.
+        dynamic_img_size: accept other input sizes (multiples of the patch); the grid part of the table is resized
+            with :func:`resize_grid` on every such forward.
     """
 
     def __init__(
@@ -76,23 +99,22 @@ class ViTEncoder(nn.Module):
         if pretrained and pretrained_path is not None:
             raise ValueError("give either pretrained=True (timm download) or pretrained_path, not both")
         custom = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-        common = dict(img_size=img_size, drop_path_rate=drop_path_rate, dynamic_img_size=dynamic_img_size)
+        # no class token, no pooling / classifier, the position table is ours (below)
+        common = dict(img_size=img_size, drop_path_rate=drop_path_rate, dynamic_img_size=dynamic_img_size,
+                      class_token=False, global_pool="", num_classes=0, pos_embed="none")
         if arch == VIT_CUSTOM:
             unset = [k for k, v in custom.items() if v is None]
             if unset:
                 raise ValueError(f"arch={VIT_CUSTOM!r} needs {', '.join(unset)} (model.backbone_kwargs)")
             if pretrained:
                 raise ValueError(f"no timm weights exist for arch={VIT_CUSTOM!r}; use pretrained_path")
-            vit = VisionTransformer(num_classes=0, patch_size=patch_size or 16, **custom, **common)
+            vit = VisionTransformer(patch_size=patch_size or 16, **custom, **common)
         elif arch in VIT_VARIANTS:
             given = [k for k, v in {**custom, "patch_size": patch_size}.items() if v is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} only apply to arch={VIT_CUSTOM!r}; "
                                  f"{arch!r} is fixed by timm's {VIT_VARIANTS[arch]!r}")
-            # with weights, timm loads strictly only when the classifier is kept; it is removed right after
-            vit = create_timm_model(VIT_VARIANTS[arch], pretrained, **({} if pretrained else {"num_classes": 0}),
-                                    **common)
-            vit.reset_classifier(0)
+            vit = create_timm_model(VIT_VARIANTS[arch], False, **common)
         else:
             raise ValueError(f"unknown ViT arch {arch!r}; valid: {list(VIT_ARCHS)}")
 
@@ -108,41 +130,72 @@ class ViTEncoder(nn.Module):
         for module in vit.modules():
             if isinstance(module, Attention):
                 module.fused_attn = False
+        self.grid: tuple[int, int] = tuple(vit.patch_embed.grid_size)
+        # the released table: [1, 1 + h·w, C], slot 0 unused (timm's ViT init: trunc-normal, std 0.02)
+        vit.pos_embed = nn.Parameter(trunc_normal_(torch.zeros(1, UNUSED_SLOTS + math.prod(self.grid),
+                                                               vit.embed_dim), std=0.02))
         self.vit = vit
         self.arch = arch
         self.taps = taps
         self.patch_size = vit.patch_embed.patch_size[0]
         self.channels: list[int] = [vit.embed_dim] * len(taps)
         self.strides: list[int] = [self.patch_size] * len(taps)
-        if pretrained_path is not None:
+        if pretrained:
+            source = create_timm_model(VIT_VARIANTS[arch], True)     # native size, with its classifier
+            self.load_state_dict_resized(source.state_dict(), f"timm {VIT_VARIANTS[arch]}")
+        elif pretrained_path is not None:
             self.load_checkpoint(pretrained_path)
+
+    def positions(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The position embeddings added to an h×w token grid: ``pos_embed[:, 1:]`` (resized if h×w differs)."""
+        return resize_grid(self.vit.pos_embed[:, UNUSED_SLOTS:], self.grid, grid)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> one (B, C, H/p, W/p) map per tap."""
         b, _, h, w = x.shape
         grid = (h // self.patch_size, w // self.patch_size)
         vit = self.vit
-        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))   # (B, prefix + L, C)
+        tokens = vit.patch_embed(x)                                                   # (B, L, C) or (B, h, w, C)
+        tokens = vit.pos_drop(tokens.reshape(b, -1, tokens.shape[-1]) + self.positions(grid))   # no class token
         outs = []
         for i, block in enumerate(vit.blocks, start=1):
             tokens = block(tokens)
             if i in self.taps:
                 tap = vit.norm(tokens) if i == len(vit.blocks) else tokens            # MODELS.md §3.1
-                tap = tap[:, vit.num_prefix_tokens:]                                  # drop the class token
                 outs.append(tap.transpose(1, 2).reshape(b, -1, *grid))
         return outs
 
+    def load_state_dict_resized(self, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+        """Load ImageNet ViT weights (timm layout) strictly, as the released code adapts them.
+
+        ``cls_token`` and the classifier are dropped. ``pos_embed`` ``[1, 1 + s·s, C]`` keeps its class slot and its
+        s×s grid is resized to this grid by :func:`resize_grid`; a table of this encoder's shape is taken as it is.
+        The other keys go through timm's ``checkpoint_filter_fn`` (layout conversions).
+        """
+        state_dict = dict(state_dict)
+        table = state_dict.pop("pos_embed")
+        dropped = [k for k in state_dict if k == "cls_token" or k.startswith("head.")]
+        for k in dropped:
+            del state_dict[k]
+        state_dict = checkpoint_filter_fn(state_dict, self.vit)
+        if table.shape != self.vit.pos_embed.shape:
+            side = math.isqrt(table.shape[1] - UNUSED_SLOTS)
+            if table.ndim != 3 or side * side != table.shape[1] - UNUSED_SLOTS:
+                raise ValueError(f"{source}: pos_embed {tuple(table.shape)} is neither this encoder's table "
+                                 f"{tuple(self.vit.pos_embed.shape)} nor [1, 1 + s·s, C] (class slot + square grid)")
+            table = torch.cat([table[:, :UNUSED_SLOTS], resize_grid(table[:, UNUSED_SLOTS:], (side, side),
+                                                                    self.grid)], dim=1)
+        state_dict["pos_embed"] = table
+        self.vit.load_state_dict(state_dict, strict=True)
+        logger.info("Loaded ViT weights from %s (position grid resized bicubic to %s)%s", source, self.grid,
+                    f"; dropped {', '.join(dropped)}" if dropped else "")
+
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Load a timm-layout ViT file strictly (position table resampled to the grid by timm, classifier dropped)."""
+        """Load a timm-layout ViT file with :meth:`load_state_dict_resized`."""
         source = os.fspath(path)
         if not os.path.isfile(source):
             raise FileNotFoundError(f"ViT checkpoint not found: {source}")
-        state_dict = checkpoint_filter_fn(timm_load_state_dict(source, use_ema=False), self.vit)
-        dropped = [k for k in state_dict if k.startswith("head.")]
-        for k in dropped:
-            del state_dict[k]
-        self.vit.load_state_dict(state_dict, strict=True)
-        logger.info("Loaded ViT weights from %s%s", source, f"; dropped {', '.join(dropped)}" if dropped else "")
+        self.load_state_dict_resized(timm_load_state_dict(source, use_ema=False), source)
 
 
 def build_vit_encoder(name: str, *, img_size: int | tuple[int, int], pretrained: bool = False,

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Convert a released MTMamba / MTMamba++ checkpoint to our format, or one of ours to the official format.
+"""Convert a released MTMamba / MTMamba++ / PAMM checkpoint to our format, or one of ours to the official format.
 
     python scripts/convert_official_checkpoint.py mtmamba_plus_nyud.pth.tar mtmamba_plus_nyud.pth
     python scripts/convert_official_checkpoint.py --to-official runs/mtmamba_nyud/checkpoints/best.pth \\
         mtmamba_nyud_ours.pth.tar
+    python scripts/convert_official_checkpoint.py PAME_pascal.pth.tar pame_pascal.pth      # PAMM (utils/official_pamm)
 
 Official -> ours: the output is ``{"model": our state dict, "swin_pad_mode": "mmseg", "converted_from": IN}``;
 ``main.py --run_mode infer --trained_model OUT`` reads the recorded pad mode and builds the encoder with mmseg's
@@ -14,6 +15,11 @@ The model the keys are checked against is built on the meta device (no memory, n
 by default from the config a checkpoint of ours stores, and for an official file from
 ``configs/<model>_<dataset>.yml``: the model from the decoder keys, the dataset from the tasks.
 Every key and shape is checked; any missing, unmapped or mismatched key is an error that lists them.
+
+PAMM (the official trainer's ``{'optimizer', 'scheduler', 'model', 'epoch', 'iter_count'}`` file, see
+:mod:`utils.official_pamm`): the default config is ``configs/ablations/pame_code_faithful{,_pascal}.yml``; official ->
+ours also takes the released switches and widths from the file (as ``infer`` does) and drops the discarded
+local-conv MoE; ours -> official writes ``{'model': ...}`` with that MoE as zeros and without the priors.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from utils import official_pamm  # noqa: E402
 from utils.config import DATASET_TASKS, config_from_dict, load_config  # noqa: E402
 from utils.official import (  # noqa: E402
     PAD_MODE_KEY,
@@ -41,13 +48,17 @@ from utils.official import (  # noqa: E402
 
 # dataset -> the suffix of its config files (configs/<model>_<suffix>.yml)
 CONFIG_SUFFIX = {"NYUD": "nyud", "PASCALContext": "pascal"}
+# dataset -> the config of the released PAMM model
+PAMM_CONFIGS = {"NYUD": "ablations/pame_code_faithful.yml", "PASCALContext": "ablations/pame_code_faithful_pascal.yml"}
 
 
 def default_config(model_name: str, tasks: list[str]) -> Path:
-    """``configs/<model>_<dataset>.yml`` for the dataset whose task set is ``tasks``."""
+    """``configs/<model>_<dataset>.yml`` (PAMM: the released model's config) of the dataset with the tasks ``tasks``."""
     datasets = [d for d, t in DATASET_TASKS.items() if set(t) == set(tasks)]
     if not datasets:
         raise CheckpointError(f"no dataset has exactly the tasks {tasks}; pass --config_exp")
+    if model_name == "pame_vit":
+        return REPO / "configs" / PAMM_CONFIGS[datasets[0]]
     return REPO / "configs" / f"{model_name}_{CONFIG_SUFFIX[datasets[0]]}.yml"
 
 
@@ -70,16 +81,25 @@ def convert(src: Path, dst: Path, to_official: bool, config: Path | None = None,
         state = checkpoint.get("model", checkpoint)
         if is_official_checkpoint(checkpoint):
             raise CheckpointError(f"{src} is already in the official format")
+        pamm = any(k.startswith("decoder.taps.") for k in state)
         if config is None and isinstance(checkpoint.get("config"), dict):
             config = checkpoint["config"]          # the model the checkpoint was trained as
         elif config is None:
-            name = "mtmamba_plus" if any(k.startswith("decoder.stages.0.sctm.") for k in state) else "mtmamba"
+            name = "pame_vit" if pamm else "mtmamba_plus" if any(k.startswith("decoder.stages.0.sctm.")
+                                                                 for k in state) else "mtmamba"
             tasks = [m.group(1) for k in state if (m := re.fullmatch(r"heads\.(\w+)\.project\.weight", k))]
             config = default_config(name, tasks)
-        save_checkpoint(dst, ours_to_official(state, meta_model(config, list(opts))))
+        export = official_pamm.ours_to_official if pamm else ours_to_official
+        save_checkpoint(dst, export(state, meta_model(config, list(opts))))
+    elif official_pamm.is_pamm_checkpoint(checkpoint):
+        config = config or default_config("pame_vit", official_pamm.pamm_tasks(checkpoint))
+        cfg, _ = official_pamm.released_config(load_config(config, list(opts)), checkpoint)
+        with torch.device("meta"):
+            model = build_model(cfg)
+        save_checkpoint(dst, {"model": official_pamm.official_to_ours(checkpoint, model), "converted_from": str(src)})
     else:
         if not is_official_checkpoint(checkpoint):
-            raise CheckpointError(f"{src} is not an official MTMamba/MTMamba++ checkpoint ({{'model': ...}} with "
+            raise CheckpointError(f"{src} is not an official MTMamba/MTMamba++/PAMM checkpoint ({{'model': ...}} with "
                                   "module.backbone.* keys); for our own checkpoints use --to-official")
         config = config or default_config(official_model_name(checkpoint), official_tasks(checkpoint))
         state = official_to_ours(checkpoint, meta_model(config, list(opts)))

@@ -17,7 +17,7 @@ from models import build_model
 from models.ops.scan_orders import scan_order
 from models.ops.selective_scan import selective_scan_ref
 from models.pame import PAMELayer, ParameterExperts, Router, cv_squared, load_balance_loss
-from models.vit import ViTEncoder
+from models.vit import ViTEncoder, resize_grid
 from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from utils.config import ConfigError, load_config
 from utils.flops import count_params
@@ -64,12 +64,12 @@ def test_pame_swin_parameter_totals_match_models_md(config, kernel, decoder_m, t
     assert round(total / 1e6, 1) == total_m
 
 
-def pame_layer_params(d, n_tasks, n, kernel, e=15, r=4, local=True, moe=(True, True), priors=True):
+def pame_layer_params(d, n_tasks, n, kernel, e=15, r=4, local=True, moe=(True, True), priors=True, a_d=True):
     """Closed form of one PAME layer from the module list of MODELS.md §3.2 (Di = 2d, R = ceil(d/16))."""
     di, rank_dt, k2, q = 2 * d, math.ceil(d / 16), kernel * kernel, d // 2
     # Task Conv, GN, gate, depthwise conv, expand, reduce
     per_task = (9 * d * d + d) + 2 * d + (d * d + d) + 10 * d * local + (di * d + di) + (di * d + d)
-    per_task += di * rank_dt + (rank_dt * di + di) + di * n + di + 2 * n * priors                    # Δ, A, D, priors
+    per_task += di * rank_dt + (rank_dt * di + di) + (di * n + di) * a_d + 2 * n * priors           # Δ, A, D, priors
     experts = e * (k2 * di * r + r + r * n + n) + (k2 * di * n + n)                                  # shared + general
     router = (di * q + q) + 2 * q + (q * q + q) + 2 * di + (di * q + q) + (2 * q * (2 * e + 1) + 2 * e + 1)
     per_task_pe = router + (k2 * di * r + r + r * n + n) + 4 * n                                     # + task path, 2 BN
@@ -78,46 +78,108 @@ def pame_layer_params(d, n_tasks, n, kernel, e=15, r=4, local=True, moe=(True, T
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"pe_kernel": 3, "local_conv": "none"}, {"moe_b": False, "priors": "frozen"},
-                                    {"moe_c": False, "priors": "none"}])
+                                    {"moe_c": False, "priors": "none", "a_d": "constant"}])
 def test_pame_layer_parameter_closed_form(kwargs):
     with torch.device("meta"):
         layer = PAMELayer(32, ["a", "b", "c"], d_state=16, **kwargs)
     expected = pame_layer_params(32, 3, 16, kwargs.get("pe_kernel", 1), local=kwargs.get("local_conv", "dw") == "dw",
                                  moe=(kwargs.get("moe_b", True), kwargs.get("moe_c", True)),
-                                 priors=kwargs.get("priors", "learnable") == "learnable")
+                                 priors=kwargs.get("priors", "learnable") == "learnable",
+                                 a_d=kwargs.get("a_d", "learnable") == "learnable")
     assert count_params(layer) == expected
 
 
-def test_vit_large_parameters_and_resized_position_table():
-    """timm ViT-L/16 without head: 24·(12C² + 13C) + patch embed + class token + (1 + L)·C positions + final norm."""
-    c = 1024
-    for size, tokens in (((448, 576), 28 * 36), ((512, 512), 32 * 32)):
-        with torch.device("meta"):
-            enc = ViTEncoder("vit_large", img_size=size)
-        assert count_params(enc) == 24 * (12 * c * c + 13 * c) + (16 * 16 * 3 * c + c) + c + (1 + tokens) * c + 2 * c
-        assert enc.channels == [c] * 4 and enc.strides == [16] * 4 and enc.taps == (6, 12, 18, 24)
+def test_vit_large_parameters():
+    """timm ViT-L/16 without head or class token: 24·(12C² + 13C) + patch embed + (1 + L)·C positions (the first
+    slot unused, as released) + final norm."""
+    c, tokens = 1024, 28 * 36
+    with torch.device("meta"):
+        enc = ViTEncoder("vit_large", img_size=(448, 576))
+    assert count_params(enc) == 24 * (12 * c * c + 13 * c) + (16 * 16 * 3 * c + c) + (1 + tokens) * c + 2 * c
+    assert tuple(enc.vit.pos_embed.shape) == (1, 1 + tokens, c) and getattr(enc.vit, "cls_token", None) is None
+    assert enc.channels == [c] * 4 and enc.strides == [16] * 4 and enc.taps == (6, 12, 18, 24)
 
 
 # --------------------------------------------------------------------------------------------------------
 # ViT taps
 
 
-def test_vit_taps_match_timm():
-    """Taps 1..3 are the raw block outputs, tap 4 is timm's forward_features (final norm), class token dropped."""
+def ref_vit_taps(x, vit, taps, patch):
+    """float64 reference of the released ViT (MODELS.md §3.6 item 1): patch embedding + pos_embed[:, 1:], no class
+    token; pre-norm blocks (LayerNorm eps 1e-6, softmax attention, GELU MLP); taps, the last after the final norm."""
+    p = {k: v.double() for k, v in vit.state_dict().items()}
+    t = F.conv2d(x, p["patch_embed.proj.weight"], p["patch_embed.proj.bias"], stride=patch)
+    b, c, h, w = t.shape
+    t = t.flatten(2).transpose(1, 2) + p["pos_embed"][:, 1:]
+    heads, outs = vit.blocks[0].attn.num_heads, []
+    for i in range(len(vit.blocks)):
+        def q(name):
+            return p[f"blocks.{i}.{name}"]
+        y = F.layer_norm(t, (c,), q("norm1.weight"), q("norm1.bias"), eps=1e-6)
+        qkv = (y @ q("attn.qkv.weight").T + q("attn.qkv.bias")).view(b, h * w, 3, heads, c // heads)
+        qh, kh, vh = qkv.permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(qh @ kh.transpose(-2, -1) / math.sqrt(c // heads), dim=-1)
+        t = t + (attn @ vh).transpose(1, 2).reshape(b, h * w, c) @ q("attn.proj.weight").T + q("attn.proj.bias")
+        y = F.layer_norm(t, (c,), q("norm2.weight"), q("norm2.bias"), eps=1e-6)
+        t = t + F.gelu(y @ q("mlp.fc1.weight").T + q("mlp.fc1.bias")) @ q("mlp.fc2.weight").T + q("mlp.fc2.bias")
+        if i + 1 in taps:
+            tap = F.layer_norm(t, (c,), p["norm.weight"], p["norm.bias"], eps=1e-6) if i + 1 == len(vit.blocks) else t
+            outs.append(tap.transpose(1, 2).reshape(b, c, h, w))
+    return outs
+
+
+def test_vit_forward_without_class_token_matches_float64_reference():
     torch.manual_seed(0)
     enc = ViTEncoder("vit_custom", img_size=(32, 48), embed_dim=16, depth=4, num_heads=2, patch_size=8).eval()
-    x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
-        taps = enc(x)
-        raw = enc.vit.forward_intermediates(x, indices=[0, 1, 2], norm=False, intermediates_only=True)
-        final = enc.vit.forward_features(x)[:, 1:].transpose(1, 2).reshape(2, 16, 4, 6)
+        enc.vit.pos_embed.normal_()                                   # slot 0 included: it must not matter
+    x = torch.randn(2, 3, 32, 48, dtype=torch.float64)
+    with torch.no_grad():
+        taps = enc.double()(x)
+        want = ref_vit_taps(x, enc.vit, (1, 2, 3, 4), 8)
+        enc.vit.pos_embed[:, 0] += 1.0
+        assert all(torch.equal(a, b) for a, b in zip(taps, enc(x)))
     assert [tuple(t.shape) for t in taps] == [(2, 16, 4, 6)] * 4
-    for got, want in zip(taps, [*raw, final]):
-        torch.testing.assert_close(got, want)
+    for got, ref in zip(taps, want):
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
 
 
-def test_vit_loads_a_timm_checkpoint_with_the_position_table_resampled(tmp_path):
-    from timm.layers import resample_abs_pos_embed
+def ref_bicubic(grid, size):
+    """Bicubic resize with align_corners=False, written out: cubic convolution (a = −0.75), source coordinate
+    (i + 0.5)·in/out − 0.5, the 4 taps clamped to the border, one axis after the other. grid (C, h, w), float64."""
+    def weights(t):
+        a = -0.75
+        t = abs(t)
+        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1 if t <= 1 else a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+
+    def resize_axis(x, n_out, axis):
+        n_in = x.shape[axis]
+        rows = []
+        for i in range(n_out):
+            src = (i + 0.5) * n_in / n_out - 0.5
+            base = math.floor(src)
+            acc = 0
+            for k in range(base - 1, base + 3):
+                acc = acc + weights(src - k) * x.select(axis, min(max(k, 0), n_in - 1))
+            rows.append(acc)
+        return torch.stack(rows, dim=axis)
+
+    return resize_axis(resize_axis(grid, size[0], 1), size[1], 2)
+
+
+def test_position_grid_resize_is_plain_bicubic():
+    """timm 0.5.4 / released resize_pos_embed: bicubic, align_corners=False, no antialiasing (timm 1.x antialiases)."""
+    g = torch.Generator().manual_seed(0)
+    cells = torch.randn(1, 4 * 4, 5, generator=g, dtype=torch.float64)
+    for size in ((5, 7), (3, 2), (8, 8)):
+        got = resize_grid(cells, (4, 4), size)
+        want = ref_bicubic(cells[0].T.reshape(5, 4, 4), size).reshape(5, -1).T[None]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_vit_loads_imagenet_weights_without_class_token(tmp_path):
+    """A timm ViT file (class token, classifier, 4×4 table) loads strictly: the class token and the classifier are
+    dropped, the class slot of the table is kept, its grid resized by the plain bicubic (here to 4×6)."""
     from timm.models.vision_transformer import VisionTransformer
 
     torch.manual_seed(0)
@@ -125,9 +187,11 @@ def test_vit_loads_a_timm_checkpoint_with_the_position_table_resampled(tmp_path)
     torch.save(src.state_dict(), tmp_path / "vit.pth")
     enc = ViTEncoder("vit_custom", img_size=(32, 48), embed_dim=16, depth=4, num_heads=2, patch_size=8,
                      pretrained_path=tmp_path / "vit.pth")
-    want = resample_abs_pos_embed(src.pos_embed.detach(), new_size=(4, 6), old_size=(4, 4), num_prefix_tokens=1)
-    torch.testing.assert_close(enc.vit.pos_embed.detach(), want)
+    table = src.pos_embed.detach().double()
+    want = torch.cat([table[:, :1], ref_bicubic(table[0, 1:].T.reshape(16, 4, 4), (4, 6)).reshape(16, -1).T[None]], 1)
+    torch.testing.assert_close(enc.vit.pos_embed.detach().double(), want, rtol=1e-5, atol=1e-6)
     assert torch.equal(enc.vit.blocks[3].mlp.fc2.weight, src.blocks[3].mlp.fc2.weight)
+    assert "cls_token" not in enc.state_dict() and "vit.cls_token" not in enc.state_dict()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -186,6 +250,34 @@ def test_router_keeps_topk_without_renormalising():
         probs = logits.softmax(dim=1)
         want = torch.where(probs >= probs.sort(dim=1).values[:, 6:7], probs, torch.zeros_like(probs))
     torch.testing.assert_close(router(x)[0], want)
+
+
+def test_router_layer_norms_are_the_released_nn_layernorm():
+    """float64 reference of the router (eval): channel LayerNorm with nn.LayerNorm's eps 1e-5 (MODELS.md §3.6 item 3),
+    on features of variance ~1e-5, where eps 1e-6 would differ."""
+    torch.manual_seed(0)
+    router = Router(16, n_experts=15, topk=9, spatial="linear", grid=(5, 7)).double().eval()
+    x = 3e-3 * torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    p = {k: v for k, v in router.state_dict().items()}
+
+    def ln(v, prefix, eps):
+        return F.layer_norm(v, v.shape[-1:], p[f"{prefix}.weight"], p[f"{prefix}.bias"], eps=eps)
+
+    def reference(eps):
+        c = F.conv2d(x, p["channel.0.weight"], p["channel.0.bias"])
+        c = F.gelu(ln(c.permute(0, 2, 3, 1), "channel.1", eps)).permute(0, 3, 1, 2)
+        c = F.conv2d(c, p["channel.3.weight"], p["channel.3.bias"]).mean(dim=(2, 3))
+        sp = (x.flatten(2) @ p["pool.weight"].T + p["pool.bias"]).squeeze(-1)
+        sp = F.gelu(ln(sp, "spatial.0", 1e-5)) @ p["spatial.2.weight"].T + p["spatial.2.bias"]
+        out = torch.cat([c, sp], 1) @ p["head.weight"].T + p["head.bias"]
+        probs = out[:, :15].softmax(1)
+        return probs * (probs >= probs.sort(dim=1).values[:, 6:7]), out[:, 30]
+
+    with torch.no_grad():
+        (gates, mix), (want_gates, want_mix), (other, _) = router(x), reference(1e-5), reference(1e-6)
+    torch.testing.assert_close(gates, want_gates, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mix, want_mix, rtol=1e-12, atol=1e-12)
+    assert (gates - other).abs().max() > 1e-6
 
 
 def test_routing_is_noisy_in_training_and_deterministic_in_eval():
@@ -282,6 +374,71 @@ def test_model_returns_load_balance_in_training_only_and_loss_weights_it():
 # Parameter Priors
 
 
+def test_priors_come_from_the_documented_seed():
+    """Layer i of a model draws its priors from seed PRIOR_SEED + i (taps in order), whatever the global RNG."""
+    from models.pame import draw_priors
+
+    layer = small_layer(priors="frozen", prior_seed=7)
+    torch.manual_seed(99)
+    assert torch.equal(layer.priors, draw_priors(2, 4, 7)) and torch.equal(small_layer(prior_seed=7).priors.data,
+                                                                           layer.priors)
+    g = torch.Generator().manual_seed(7)
+    want = torch.nn.init.trunc_normal_(torch.empty(2, 2, 4), std=0.02, generator=g)
+    assert torch.equal(layer.priors, want) and 0.005 < want.std() < 0.05
+    cfg = load_config(REPO / "configs/pame_vit_nyud.yml", [*VIT_TINY, "TRAIN.SCALE=[32,48]", "TEST.SCALE=[32,48]",
+                                                           "model.d_state=4"])
+    layers = [m for m in build_model(cfg).modules() if isinstance(m, PAMELayer)]
+    assert [m.prior_seed for m in layers] == [0, 1, 2, 3]
+    assert all(torch.equal(m.priors.data, draw_priors(4, 4, i)) for i, m in enumerate(layers))
+
+
+def test_constant_a_and_d_are_untrained_buffers_outside_the_state_dict():
+    layer = small_layer(a_d="constant")
+    assert "A_logs" not in dict(layer.named_parameters()) and "A_logs" not in layer.state_dict()
+    assert torch.equal(-torch.exp(layer.A_logs), -torch.arange(1.0, 5.0).repeat(2 * 16, 1))   # A = −(1..N)
+    assert torch.equal(layer.Ds, torch.ones(2 * 16))
+    out = layer(small_inputs(layer))
+    sum(v.square().mean() for v in out.values()).backward()
+    assert not layer.A_logs.requires_grad and layer.Ds.grad is None
+    with torch.no_grad():                                     # the constants are the learnable layer's initial values
+        assert torch.equal(small_layer().A_logs, layer.A_logs) and torch.equal(small_layer().Ds, layer.Ds)
+
+
+def test_released_initialisation():
+    """init: official (MODELS.md §3.6 item 6): Δ projections trunc-normal(0.02) with zero bias (softplus 0.693),
+    the routers' Linear(H·W -> 1) trunc-normal(0.02) with zero bias, the heads' first conv trunc-normal(0.02) and
+    their last bias N(0, 0.02); the default keeps Mamba's Δ init (softplus(bias) in [1e-3, 0.1])."""
+    opts = [*VIT_TINY, "TRAIN.SCALE=[64,96]", "TEST.SCALE=[64,96]", "model.pame.router_spatial=linear"]
+    torch.manual_seed(0)
+    released = build_model(load_config(REPO / "configs/pame_vit_nyud.yml", [*opts, "model.pame.init=official"]))
+    torch.manual_seed(0)
+    default = build_model(load_config(REPO / "configs/pame_vit_nyud.yml", opts))
+    layers = [m for m in released.modules() if isinstance(m, PAMELayer)]
+    for m in layers:
+        assert not m.dt_projs_bias.any()
+        for w in (m.x_proj_weight, m.dt_projs_weight):
+            assert 0.01 < w.std() < 0.03 and w.abs().max() < 0.2
+    pools = [m.pool for m in released.modules() if isinstance(m, Router)]
+    assert pools and all(not p.bias.any() and p.weight.std() < 0.04 for p in pools)
+    for head in released.heads.values():
+        assert 0.015 < head.body[0].weight.std() < 0.025 and head.project.bias.abs().max() < 0.1
+    dt = F.softplus(torch.cat([m.dt_projs_bias for m in default.modules() if isinstance(m, PAMELayer)]))
+    assert dt.min() >= 1e-3 - 1e-7 and dt.max() <= 0.1 + 1e-7
+    assert torch.equal(released.encoder.vit.blocks[0].attn.qkv.weight, default.encoder.vit.blocks[0].attn.qkv.weight)
+
+
+def test_backbone_dim_is_the_first_decode_input():
+    """The released NYUD yml's backbone_dim 768 builds (its checkpoints load) but cannot run on the ViT's width."""
+    cfg = load_config(REPO / "configs/pame_vit_nyud.yml", [*VIT_TINY, "TRAIN.SCALE=[32,48]", "TEST.SCALE=[32,48]",
+                                                           "model.pame.backbone_dim=24"])
+    model = build_model(cfg)
+    assert model.decoder.taps[0].first_decode[0].in_channels == 24
+    with pytest.raises(ValueError, match=r"first_decode takes 24 channels.*gives 32"):
+        model(torch.randn(1, 3, 32, 48))
+    with pytest.raises(ValueError, match="pame_vit only"):
+        build_model(load_config(REPO / "configs/pame_swin_nyud.yml", [*SWIN_TINY, "model.pame.backbone_dim=24"]))
+
+
 def test_priors_gradients_learnable_vs_frozen():
     for priors in ("learnable", "frozen"):
         layer = small_layer(priors=priors)
@@ -323,6 +480,9 @@ def test_priors_round_trip_through_a_checkpoint(priors, tmp_path):
     ("model.pame.pe_kernel=2", r"model\.pame\.pe_kernel"),
     ("model.pame.depth=0", r"model\.pame\.depth"),
     ("model.pame.lb_weight=-1", r"model\.pame\.lb_weight"),
+    ("model.pame.a_d=fixed", r"model\.pame\.a_d.*'learnable', 'constant'"),
+    ("model.pame.init=vit", r"model\.pame\.init.*'mamba', 'official'"),
+    ("model.pame.backbone_dim=0", r"model\.pame\.backbone_dim"),
 ])
 def test_bad_pame_config_values_name_key_and_choices(opt, match):
     with pytest.raises(ConfigError, match=match):

@@ -128,6 +128,9 @@ DEFAULTS: dict[str, Any] = {
             "moe_b": True,               # B from the Parameter Experts | false: per-task 1x1 conv
             "moe_c": True,               # C from the Parameter Experts | false: per-task 1x1 conv
             "lb_weight": 5.0e-4,         # weight of the CV² load-balancing loss (NYUD 5e-4, PASCAL 1e-4), Q5
+            "a_d": "learnable",          # learnable A_log, D | constant: A = -(1..N), D = 1, untrained (released code)
+            "init": "mamba",             # mamba: Mamba's Δ init, PyTorch defaults | official: released ViT init (§3.6)
+            "backbone_dim": None,        # pame_vit first_decode input; null = ViT width (released NYUD yml: 768, Q6)
         },
         "d_state": 16,                   # SSM state size N
         "ssm_ratio": 2.0,                # d_inner = ssm_ratio·C
@@ -422,6 +425,9 @@ def _validate_model(cfg: dict) -> None:
                           f"and model.pame.pe_kernel={pame['pe_kernel']!r} odd")
     if not _is_number(pame["lb_weight"]) or pame["lb_weight"] < 0:
         raise ConfigError(f"model.pame.lb_weight={pame['lb_weight']!r} must be a number >= 0")
+    if pame["backbone_dim"] is not None and (not _is_int(pame["backbone_dim"]) or pame["backbone_dim"] < 1):
+        raise ConfigError(f"model.pame.backbone_dim={pame['backbone_dim']!r} must be null (the encoder's width) or "
+                          "a positive integer")
 
 
 def load_config(path: str | os.PathLike, opts: Iterable[str] = ()) -> EasyDict:

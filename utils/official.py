@@ -32,6 +32,7 @@ from models.heads import MultiTaskModel, TaskHead
 from models.mtmamba import MTMambaStage
 from models.mtmamba_plus import LiteHead, MTMambaPlusStage
 from models.ss2d import SS2D
+from utils import official_pamm
 from utils.checkpoint import CheckpointError
 
 __all__ = ["OFFICIAL_MODELS", "is_official_checkpoint", "official_model_name", "official_tasks", "official_layout",
@@ -298,7 +299,10 @@ def config_for_checkpoint(cfg: Any, checkpoint: Mapping[str, Any]) -> Any:
     * An official checkpoint must be of ``model.name``'s model and tasks; it and checkpoints converted from one
       (which record ``swin_pad_mode``) need the window order they were trained with: ``model.swin_pad_mode`` is
       switched to ``mmseg`` (pad, then shift), with a log line.
+    * An official PAMM checkpoint gets the released model's switches (:mod:`utils.official_pamm`), with a log line.
     """
+    if official_pamm.is_pamm_checkpoint(checkpoint):
+        return official_pamm.config_for_checkpoint(cfg, checkpoint)
     official = is_official_checkpoint(checkpoint)
     pad_mode = "mmseg" if official else checkpoint.get(PAD_MODE_KEY)
     if official:
@@ -323,6 +327,8 @@ def config_for_checkpoint(cfg: Any, checkpoint: Mapping[str, Any]) -> Any:
 
 def checkpoint_model_state(checkpoint: Mapping[str, Any], model: nn.Module) -> Mapping[str, torch.Tensor]:
     """The model state dict held by ``checkpoint``: converted from the official format, else its ``'model'``."""
+    if official_pamm.is_pamm_checkpoint(checkpoint):
+        return official_pamm.checkpoint_model_state(checkpoint, model)
     if is_official_checkpoint(checkpoint):
         logger.info("official %s checkpoint: converted to this model's keys (mmseg Swin -> timm, official decoder "
                     "names -> ours)", OFFICIAL_MODELS[official_model_name(checkpoint)])

@@ -11,9 +11,11 @@ rotations of a Hilbert curve (MODELS.md §3.2, "MDHS"). For an H×W map:
    along the (cropped) curve.
 
 The Z order (Morton: bit interleaving) and the S order (boustrophedon: rows read alternately left-to-right and
-right-to-left) are the alternatives of the released code (``Scan: z | s``) and follow the same recipe with their own
-value grid. The orders are registered in ``models.ops.scan_orders.SCAN_ORDERS`` as ``<curve>_rot<k>`` and get the
-cached permutation / inverse machinery of that module.
+right-to-left) are the alternatives of the released code (``Scan: z | s``, its ``get_z_order_4`` /
+``get_s_order_4``). They follow the same recipe with their own value grid, on a square of side M = max(H, W)
+(MODELS.md §3.6 item 4): only the Hilbert curve needs the power of two. The orders are registered in
+``models.ops.scan_orders.SCAN_ORDERS`` as ``<curve>_rot<k>`` and get the cached permutation / inverse machinery of
+that module.
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ CURVES = ("hilbert", "z", "s")
 ROTATIONS = 4
 
 
-def _bits(h: int, w: int) -> int:
-    """p: the smallest power-of-two square 2^p ≥ max(H, W), at least 2×2 (MODELS.md §3.2 step 1)."""
-    return max(1, math.ceil(math.log2(max(h, w))))
+def _bits(side: int) -> int:
+    """p: the smallest power of two 2^p ≥ ``side``, at least 2 (MODELS.md §3.2 step 1)."""
+    return max(1, math.ceil(math.log2(side)))
 
 
 def hilbert_index(x: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
@@ -75,27 +77,27 @@ def morton_index(x: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
     return d
 
 
-def boustrophedon_index(x: torch.Tensor, y: torch.Tensor, bits: int) -> torch.Tensor:
-    """S-order index on a 2^bits square: line x is read along y, forwards on even x and backwards on odd x."""
-    side = 1 << bits
+def boustrophedon_index(x: torch.Tensor, y: torch.Tensor, side: int) -> torch.Tensor:
+    """S-order index on a ``side``×``side`` square: line x is read along y, forwards on even x, backwards on odd x."""
     return x * side + torch.where(x % 2 == 0, y, side - 1 - y)
 
 
-# curve -> value grid Q[r, c] of the square from the row / column index grids. Hilbert: Q[r, c] = d(c, r) as in the
-# released code (MODELS.md §3.2 step 2); Z and S: Q[r, c] = index(r, c), so that rotation 0 starts along row 0.
-_VALUES: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
-    "hilbert": lambda r, c, bits: hilbert_index(c, r, bits),
-    "z": morton_index,
-    "s": boustrophedon_index,
+# curve -> (side of its square for an H×W map, value grid Q[r, c] of that square from the row / column index grids).
+# Hilbert: the power-of-two square, Q[r, c] = d(c, r) as in the released code (MODELS.md §3.2 step 2). Z and S: the
+# max(H, W) square of get_z_order_4 / get_s_order_4, Q[r, c] = index(r, c), so that rotation 0 starts along row 0.
+_SQUARES: dict[str, tuple[Callable[[int], int], Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]]] = {
+    "hilbert": (lambda m: 1 << _bits(m), lambda r, c, side: hilbert_index(c, r, _bits(side))),
+    "z": (lambda m: m, lambda r, c, side: morton_index(r, c, _bits(side))),
+    "s": (lambda m: m, boustrophedon_index),
 }
 
 
 def _curve_perm(curve: str, rotation: int, h: int, w: int) -> torch.Tensor:
     """Scan order ``perm`` (H·W,) of ``curve`` in ``rotation`` for an H×W map (module docstring, steps 1-4)."""
-    bits = _bits(h, w)
-    side = 1 << bits
+    square, value_grid = _SQUARES[curve]
+    side = square(max(h, w))
     r, c = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
-    values = _VALUES[curve](r, c, bits)                                 # Q[r, c]
+    values = value_grid(r, c, side)                                     # Q[r, c]
     window = torch.rot90(values, rotation, dims=(0, 1))[:h, :w]         # rotate the square, crop top-left
     return torch.argsort(window.reshape(-1))
 

@@ -1,5 +1,5 @@
-"""MDHS scan orders (PAMM, MODELS.md §3.2): Hilbert / Z / S curves in four rotations, checked against the spec's
-verified facts and against independent curve generators written below."""
+"""MDHS scan orders (PAMM, MODELS.md §3.2, §3.6): Hilbert / Z / S curves in four rotations, checked against the spec's
+verified facts, the released code's examples and independent curve generators written below."""
 from functools import lru_cache
 
 import pytest
@@ -56,14 +56,18 @@ REFERENCE = {"hilbert": hilbert_cells, "z": z_cells, "s": s_cells}
 
 
 def reference_perm(curve: str, rotation: int, h: int, w: int) -> torch.Tensor:
-    """Rank grid of the enclosing 2^p square, rotated counter-clockwise, cropped top-left, read in rank order."""
+    """Rank grid of the curve's square, rotated counter-clockwise, cropped top-left, read in rank order.
+
+    The square: the enclosing 2^p one for Hilbert; for Z and S the max(H, W) one of the released get_z_order_4 /
+    get_s_order_4, whose ranks are those of the 2^p curve restricted to its top-left max(H, W) corner."""
     n = 2
     while n < max(h, w):
         n *= 2
     rank = torch.empty(n, n, dtype=torch.long)
     for i, (r, c) in enumerate(REFERENCE[curve](n)):
         rank[r, c] = i
-    return torch.argsort(torch.rot90(rank, rotation, dims=(0, 1))[:h, :w].reshape(-1))
+    side = n if curve == "hilbert" else max(h, w)
+    return torch.argsort(torch.rot90(rank[:side, :side], rotation, dims=(0, 1))[:h, :w].reshape(-1))
 
 
 def cells(perm: torch.Tensor, w: int) -> list[tuple[int, int]]:
@@ -86,10 +90,44 @@ def test_orders_are_permutations_with_exact_inverses(curve, h, w):
 
 
 @pytest.mark.parametrize("curve", CURVES)
-@pytest.mark.parametrize("h,w", [*SIZES, (4, 4), (3, 8)])
+@pytest.mark.parametrize("h,w", [*SIZES, (4, 4), (3, 8), (2, 3), (1, 3), (5, 5), (6, 10), (9, 7)])
 def test_orders_match_independent_curves(curve, h, w):
     for k, name in enumerate(curve_orders(curve)):
         assert torch.equal(scan_order(name, h, w)[0], reference_perm(curve, k, h, w)), (name, h, w)
+
+
+def test_released_z_and_s_examples():
+    """MODELS.md §3.6: the released get_z_order_4 / get_s_order_4 use the max(H, W) square (not the power of two)."""
+    assert scan_order("z_rot1", 2, 3)[0].tolist() == [3, 4, 0, 1, 5, 2]
+    assert scan_order("s_rot2", 1, 3)[0].tolist() == [2, 1, 0]
+
+
+def test_z_order_28x36_reads_the_36x36_square():
+    """Z at NYUD's 28×36: rotation k visits the cells by the Morton index of the cell they came from in the 36×36
+    square rotated k times (Morton values written out bit by bit here); rotations 1-3 differ from the 64×64 crop."""
+    def morton(r, c):
+        return sum((((r >> b) & 1) << (2 * b + 1)) | (((c >> b) & 1) << (2 * b)) for b in range(6))
+
+    for k in range(4):
+        cells = []
+        for r in range(28):
+            for c in range(36):
+                rr, cc = r, c
+                for _ in range(k):             # undo one counter-clockwise rotation of the 36×36 square
+                    rr, cc = cc, 35 - rr
+                cells.append(morton(rr, cc))
+        want = sorted(range(28 * 36), key=cells.__getitem__)
+        assert scan_order(f"z_rot{k}", 28, 36)[0].tolist() == want
+        if k:
+            assert (scan_order(f"z_rot{k}", 28, 36)[0] != reference_pow2(k, 28, 36)).sum() > 800
+
+
+def reference_pow2(rotation: int, h: int, w: int) -> torch.Tensor:
+    """Z order on the enclosing power-of-two square (what these orders were before the released code was matched)."""
+    rank = torch.empty(64, 64, dtype=torch.long)
+    for i, (r, c) in enumerate(z_cells(64)):
+        rank[r, c] = i
+    return torch.argsort(torch.rot90(rank, rotation, dims=(0, 1))[:h, :w].reshape(-1))
 
 
 def test_hilbert_32x32_has_only_unit_steps():
