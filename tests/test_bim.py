@@ -332,10 +332,10 @@ def test_tiny_bim_trains_and_infers_through_main(dataset, tmp_path):
     opts = [f"db_root={tmp_path / 'data'}", f"out_dir={tmp_path / 'runs'}", *TINY,
             *(PASCAL if dataset == "pascal" else [])]
     config = "configs/bim_nyud.yml"
-    cli.main(["--run_mode", "train", "--config_exp", config, "--opts", *opts])
+    assert cli.main(["--run_mode", "train", "--config_exp", config, "--opts", *opts]) == 0
     ckpt = tmp_path / "runs" / "bim_nyud" / "checkpoints" / "last.pth"
     assert load_checkpoint(ckpt)["iteration"] == 2
-    cli.main(["--run_mode", "infer", "--config_exp", config, "--trained_model", str(ckpt), "--opts", *opts])
+    assert cli.main(["--run_mode", "infer", "--config_exp", config, "--trained_model", str(ckpt), "--opts", *opts]) == 0
     results = json.loads((tmp_path / "runs" / "bim_nyud" / "metrics.json").read_text())["results"]
     expected = set(load_config(config, opts).TASKS.NAMES) - {"edge"}      # edges are scored by eval_boundary
     assert set(results) == expected

@@ -233,13 +233,14 @@ def test_tiny_model_trains_and_infers_through_main(tmp_path):
     opts = [f"db_root={tmp_path / 'data'}", f"out_dir={tmp_path / 'runs'}", *TINY, "TEST.SCALE=[96,128]",
             "task_dictionary={include_semseg: true, include_depth: true}", "max_iter=2", "trBatch=2", "valBatch=2",
             "nworkers=0", "log_interval=1", "val_interval=1000", "ckpt_interval=1000", "eval_boundary=false"]
-    cli.main(["--run_mode", "train", "--config_exp", "configs/mtmamba_plus_nyud.yml", "--opts", *opts])
+    assert cli.main(["--run_mode", "train", "--config_exp", "configs/mtmamba_plus_nyud.yml", "--opts", *opts]) == 0
     run = tmp_path / "runs" / "mtmamba_plus_nyud"
     assert "trained to iteration 2 of 2" in (run / "log.txt").read_text()
     ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
     assert ckpt["iteration"] == 2 and any(k.endswith("conv.1.running_mean") for k in ckpt["model"])
-    cli.main(["--run_mode", "infer", "--config_exp", "configs/mtmamba_plus_nyud.yml", "--trained_model",
-              str(run / "checkpoints" / "last.pth"), "--opts", *opts[:1], f"out_dir={tmp_path / 'infer'}", *opts[2:]])
+    assert cli.main(["--run_mode", "infer", "--config_exp", "configs/mtmamba_plus_nyud.yml", "--trained_model",
+                     str(run / "checkpoints" / "last.pth"), "--opts", *opts[:1], f"out_dir={tmp_path / 'infer'}",
+                     *opts[2:]]) == 0
     results = json.loads((tmp_path / "infer" / "mtmamba_plus_nyud" / "metrics.json").read_text())["results"]
     assert set(results) == {"semseg", "depth"} and all(math.isfinite(v) for r in results.values()
                                                                  for v in r.values())

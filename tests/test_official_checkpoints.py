@@ -23,7 +23,7 @@ from tests.test_encoders import randomize as randomize_swin
 from tests.test_encoders import ref_mmseg_swin, ref_patch_merging, ref_relative_position_index
 from tests.test_mtmamba_plus import ref_ss2d, sub
 from utils.checkpoint import CheckpointError
-from utils.config import load_config
+from utils.config import config_to_dict, load_config
 from utils.official import (
     config_for_checkpoint,
     is_official_checkpoint,
@@ -329,8 +329,8 @@ def test_main_infers_from_an_official_file_and_the_converter_goes_both_ways(tmp_
     # main.py infer straight from the official file, with a config in timm's pad mode
     opts = [f"db_root={tmp_path / 'data'}", f"out_dir={tmp_path / 'runs'}", *TINY, "model.swin_pad_mode=timm",
             "valBatch=2", "nworkers=0", "eval_boundary=false"]
-    cli.main(["--run_mode", "infer", "--config_exp", str(REPO / "configs/mtmamba_plus_nyud.yml"),
-              "--trained_model", str(tmp_path / "mtmamba_plus_tiny.pth.tar"), "--opts", *opts])
+    assert cli.main(["--run_mode", "infer", "--config_exp", str(REPO / "configs/mtmamba_plus_nyud.yml"),
+                     "--trained_model", str(tmp_path / "mtmamba_plus_tiny.pth.tar"), "--opts", *opts]) == 0
     run = tmp_path / "runs" / "mtmamba_plus_nyud"
     assert "switching model.swin_pad_mode from 'timm' to 'mmseg'" in (run / "log.txt").read_text()
     results = json.loads((run / "metrics.json").read_text())["results"]
@@ -347,3 +347,9 @@ def test_main_infers_from_an_official_file_and_the_converter_goes_both_ways(tmp_
     assert all(torch.equal(back[k], v) for k, v in official["model"].items())
     with pytest.raises(CheckpointError, match="not an official"):
         converter.main([str(tmp_path / "ours.pth"), str(tmp_path / "x.pth"), *args])
+    # a checkpoint of ours records its config: --to-official builds that model (not the full-size default)
+    trained = {"model": source.state_dict(), "config": config_to_dict(load_config(
+        REPO / "configs/mtmamba_plus_nyud.yml", TINY))}
+    torch.save(trained, tmp_path / "trained.pth")
+    converter.main(["--to-official", str(tmp_path / "trained.pth"), str(tmp_path / "trained.pth.tar")])
+    assert list(torch.load(tmp_path / "trained.pth.tar", weights_only=True)["model"]) == list(official["model"])

@@ -529,13 +529,13 @@ def test_tiny_models_train_and_infer_through_main(config, opts, data_root, tmp_p
     common = [f"db_root={data_root}", "TRAIN.SCALE=[64,96]", "trBatch=2", "valBatch=2", "nworkers=0", "max_iter=2",
               "val_interval=1000", "log_interval=1", "eval_boundary=false", "model.d_state=4", *opts]
     path = str(REPO / "configs" / f"{config}.yml")
-    cli.main(["--run_mode", "train", "--config_exp", path, "--opts", f"out_dir={tmp_path}/train", *common])
+    assert cli.main(["--run_mode", "train", "--config_exp", path, "--opts", f"out_dir={tmp_path}/train", *common]) == 0
     ckpt = tmp_path / "train" / config / "checkpoints" / "last.pth"
     state = load_checkpoint(ckpt)
     assert state["iteration"] == 2
     assert any(k.endswith(".priors") for k in state["model"])                  # learnable priors are saved
-    cli.main(["--run_mode", "infer", "--config_exp", path, "--trained_model", str(ckpt), "--opts",
-              f"out_dir={tmp_path}/infer", *common])
+    assert cli.main(["--run_mode", "infer", "--config_exp", path, "--trained_model", str(ckpt), "--opts",
+                     f"out_dir={tmp_path}/infer", *common]) == 0
     results = json.loads((tmp_path / "infer" / config / "metrics.json").read_text())["results"]
     assert set(results) == set(load_config(path, common).TASKS.NAMES) - {"edge"}
     assert all(math.isfinite(v) for metrics in results.values() for v in metrics.values())

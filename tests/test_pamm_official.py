@@ -333,8 +333,8 @@ def test_main_infers_from_the_official_trainer_file_and_the_converter_goes_both_
     # main.py infer straight from the trainer's file, with the default (our-switches) pame_vit config
     run_opts = [f"db_root={tmp_path / 'data'}", f"out_dir={tmp_path / 'runs'}", *TINY, *opts, "valBatch=2",
                 "nworkers=0", "eval_boundary=false"]
-    cli.main(["--run_mode", "infer", "--config_exp", str(REPO / "configs/pame_vit_nyud.yml"),
-              "--trained_model", str(tmp_path / "PAME_tiny.pth.tar"), "--opts", *run_opts])
+    assert cli.main(["--run_mode", "infer", "--config_exp", str(REPO / "configs/pame_vit_nyud.yml"),
+                     "--trained_model", str(tmp_path / "PAME_tiny.pth.tar"), "--opts", *run_opts]) == 0
     results = json.loads((tmp_path / "runs" / "pame_vit_nyud" / "metrics.json").read_text())["results"]
     assert set(results) == {"semseg", "depth"}
 

@@ -24,8 +24,8 @@ import torch
 import yaml
 from easydict import EasyDict
 
-__all__ = ["DATASET_TASKS", "DEFAULTS", "ConfigError", "load_config", "merge", "apply_opts", "config_to_dict",
-           "save_config", "config_diff", "config_from_dict", "AMP_DTYPES", "AMP_MODES", "SAL_MAXF_MODES", "RUNTIME_KEYS"]
+__all__ = ["DATASET_TASKS", "DEFAULTS", "ConfigError", "load_config", "config_from_dict", "merge", "apply_opts",
+           "config_to_dict", "save_config", "config_diff", "AMP_DTYPES", "AMP_MODES", "SAL_MAXF_MODES", "RUNTIME_KEYS"]
 
 # Output channels per task, in the official task order (it fixes the CTM concatenation order).
 DATASET_TASKS: dict[str, dict[str, int]] = {

@@ -131,3 +131,27 @@ def test_unknown_part_name(pascal):
     ds = PASCALContext(pascal, "train", ["human_parts", "sal"])
     with pytest.raises(DatasetError, match=rf"id 2008_000002: {re.escape(str(path))}: unknown person part name 'tail'"):
         ds[0]
+
+
+def test_label_out_of_range_names_file_and_id(nyud, pascal):
+    Image.fromarray(np.full(SIZE, 41, np.uint8)).save(nyud / "segmentation" / "0001.png")   # stored 1..40 only
+    with pytest.raises(DatasetError, match=r"id 0001: .*segmentation/0001\.png has label values 40 outside 0\.\.39 "
+                                           r"\(255 = ignore\)"):
+        NYUDv2(nyud, "val", ["semseg"])[0]
+    voc = next((pascal / "semseg" / "VOC12").glob("*.png"))
+    label = np.array(Image.open(voc))
+    label[0, :3] = [21, 30, 255]
+    Image.fromarray(label).save(voc)
+    ds = PASCALContext(pascal, ["train", "val"], ["semseg"])
+    with pytest.raises(DatasetError, match=rf"id {voc.stem}: .* has label values 21, 30 outside 0\.\.20"):
+        ds[ds.ids.index(voc.stem)]
+
+
+def test_empty_split_and_duplicate_ids_are_rejected(nyud):
+    split = nyud / "gt_sets" / "val.txt"
+    split.write_text("\n")
+    with pytest.raises(DatasetError, match=r"split file .*val\.txt is empty: it must list one image id per line"):
+        NYUDv2(nyud, "val", NYUD_TASKS)
+    split.write_text("0001\n0002\n0001\n")
+    with pytest.raises(DatasetError, match=r"val\.txt: id 0001 is listed twice \(lines 1 and 3\)"):
+        NYUDv2(nyud, "val", NYUD_TASKS)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.io
 from PIL import Image
 
@@ -60,3 +61,19 @@ def test_cli(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "make_synthetic_dataset.py"), "--dataset", "nyud",
                           "--out", str(tmp_path), "--size", "12by16"], capture_output=True, text=True)
     assert bad.returncode == 2 and "HxW" in bad.stderr
+
+
+def test_cli_rejects_empty_splits_and_refuses_to_overwrite(tmp_path, capsys):
+    from scripts.make_synthetic_dataset import main as make
+    for args in (["--n-val", "-1"], ["--n-train", "0"]):
+        with pytest.raises(SystemExit) as e:
+            make(["--dataset", "nyud", "--out", str(tmp_path), *args])
+        assert e.value.code == 2 and "a split needs at least 1 image" in capsys.readouterr().err
+    make(["--dataset", "nyud", "--out", str(tmp_path), "--n-train", "1", "--n-val", "1", "--size", "12x16"])
+    (tmp_path / "NYUDv2" / "gt_sets" / "train.txt").write_text("0002\nmine\n")
+    with pytest.raises(SystemExit):
+        make(["--dataset", "nyud", "--out", str(tmp_path), "--n-train", "1", "--n-val", "1"])
+    assert "NYUDv2 already exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "NYUDv2" / "gt_sets" / "train.txt").read_text() == "0002\nmine\n"     # untouched
+    make(["--dataset", "nyud", "--out", str(tmp_path), "--n-train", "1", "--n-val", "1", "--size", "12x16", "--force"])
+    assert (tmp_path / "NYUDv2" / "gt_sets" / "train.txt").read_text() == "0002\n"

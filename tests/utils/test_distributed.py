@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -112,3 +113,38 @@ def test_two_process_gloo(tmp_path: Path):
         assert res["obj"] == {"seed": 1234, "from": 0}
         assert res["gathered"] == [0, 10]
         assert res["mismatch"].startswith("all_reduce_state: rank")
+
+
+def _frozen_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
+    du.init_distributed(timeout=timedelta(seconds=2))
+    if rank == 1:               # stops answering: never reaches the barrier
+        time.sleep(8)
+        os._exit(0)
+    start = time.monotonic()
+    try:
+        du.barrier()
+        message = "no error"
+    except RuntimeError as e:
+        message = str(e)
+    Path(out_dir, "rank0.txt").write_text(f"{time.monotonic() - start:.1f}\n{message}")
+    os._exit(0)
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_frozen_rank_is_named_after_the_timeout(tmp_path: Path):
+    ctx = mp.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_frozen_rank_worker, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    procs[0].join(60)
+    for p in procs:
+        p.kill()
+        p.join()
+    waited, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
+    assert float(waited) < 6                                  # the 2 s timeout, not forever
+    assert "rank 0: not every rank reached the barrier within the timeout (dist_timeout)" in message
+    assert "Ranks 1 failed to pass monitoredBarrier" in message
