@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .registry import register_model
 from .ss2d import SS2D, add_ssm_parameters, ssm_scan
-from .vmamba import LN_EPS, VMAMBA_T, VMambaEncoder
+from .vmamba import LN_EPS, VMAMBA_T, VMambaEncoder, read_weights
 
 __all__ = ["MERGE_MODES", "InputSizeError", "stage_sizes", "swap_odd_channels", "channel_cross_scan",
            "channel_cross_merge", "CrossTemporalAttention", "CrossSpatialAttention", "ChannelAttention",
@@ -51,6 +51,7 @@ CBAM_REDUCTION = 16    # CBAM channel attention C -> C/16 -> C
 CSA_HIDDEN = 16        # cross-spatial attention 4 -> 16 -> 2
 SA_KERNEL = 7          # CBAM spatial attention kernel
 HEAD_DROPOUT = 0.1     # SegFormer head Dropout2d
+CHANNEL_KEYS = {"image": "image_channels", "events": "event_channels"}   # input -> its model.mambaseg key
 
 
 class InputSizeError(ValueError):
@@ -370,11 +371,7 @@ class MambaSeg(nn.Module):
     def load_pretrained(self, path: str | os.PathLike) -> None:
         """VMamba ImageNet weights into both encoders (MAMBASEG.md §2): the event stem is always rebuilt (random), the
         image stem kept only for 3-channel frames; classifier skipped, output norms keep their init."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"VMamba checkpoint not found: {path} (model.pretrained_path; the VMamba-T file "
-                                    "is vssm1_tiny_0230s_ckpt_epoch_264.pth from MzeroMiko/VMamba)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_weights(path)
         for name, encoder, keep_stem in (("image", self.encoder_img, self.encoder_img.in_chans == 3),
                                          ("event", self.encoder_ev, False)):
             logger.info("MambaSeg %s encoder: %s", name, path)
@@ -385,7 +382,7 @@ class MambaSeg(nn.Module):
         for key, x in (("image", image), ("events", events)):
             if x.dim() != 4 or x.shape[1] != self.in_channels[key]:
                 raise ValueError(f"MambaSeg {key} must be (B, {self.in_channels[key]}, H, W) "
-                                 f"(model.mambaseg.{key.rstrip('s')}_channels), got {tuple(x.shape)}")
+                                 f"(model.mambaseg.{CHANNEL_KEYS[key]}), got {tuple(x.shape)}")
             if tuple(x.shape[-2:]) != self.img_size:
                 raise InputSizeError(
                     f"MambaSeg is built for {self.img_size[0]}×{self.img_size[1]} inputs (TRAIN.SCALE) but got "
@@ -434,11 +431,6 @@ def build_mambaseg(cfg) -> MambaSeg:
     the semseg classes of the dataset, ``model.encoder_drop_path_rate``, ``model.scan_backend`` and
     ``model.pretrained_path`` (the VMamba-T ImageNet file)."""
     m, ms = cfg.model, cfg.model.mambaseg
-    if m.pretrained:
-        raise ValueError("model.pretrained=true downloads timm weights, and timm has no VMamba: set "
-                         "model.pretrained=false and give the VMamba-T file with model.pretrained_path")
-    if list(cfg.TASKS.NAMES) != ["semseg"]:
-        raise ValueError(f"MambaSeg predicts semseg only; the config selects {list(cfg.TASKS.NAMES)}")
     model = MambaSeg(tuple(cfg.TRAIN.SCALE), cfg.TASKS.NUM_OUTPUT["semseg"], image_channels=ms.image_channels,
                      event_channels=ms.event_channels, dims=ms.dims, depths=ms.depths,
                      drop_path_rate=m.encoder_drop_path_rate, head_dim=ms.head_dim, merge=ms.merge,

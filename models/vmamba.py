@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from typing import Mapping, Sequence
 
 import torch
@@ -34,7 +35,7 @@ from torchvision.ops import Permute
 from .ss2d import SS2D
 
 __all__ = ["VMAMBA_T", "LN_EPS", "VSSBlock", "VMambaLayer", "VMambaEncoder", "patch_embed_v2", "downsample_v3",
-           "select_pretrained"]
+           "read_weights", "select_pretrained"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +112,13 @@ class VSSBlock(nn.Module):
 
 
 class VMambaLayer(nn.Module):
-    """One stage: ``blocks`` (a Sequential of VSS blocks) and ``downsample`` (to the next stage, or Identity)."""
+    """One stage's modules: ``blocks`` (a Sequential of VSS blocks) and ``downsample`` (to the next stage, or
+    Identity). The encoder runs them separately, since the stage output between them is what it returns."""
 
     def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
         self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.downsample(self.blocks(x))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -194,10 +193,7 @@ class VMambaEncoder(nn.Module):
         if isinstance(checkpoint, Mapping):
             source, state_dict = "state dict", checkpoint
         else:
-            source = os.fspath(checkpoint)
-            if not os.path.isfile(source):
-                raise FileNotFoundError(f"VMamba checkpoint not found: {source} (model.pretrained_path)")
-            state_dict = torch.load(source, map_location="cpu", weights_only=True)
+            source, state_dict = os.fspath(checkpoint), read_weights(checkpoint)
         for key in ("model", "state_dict"):
             if isinstance(state_dict.get(key), Mapping):
                 state_dict = state_dict[key]
@@ -225,8 +221,29 @@ def _vmamba_init(m: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Checkpoint filter
+# Checkpoint file and filter
 # --------------------------------------------------------------------------------------------------------------------
+def read_weights(path: str | os.PathLike) -> dict:
+    """A VMamba checkpoint file, read with ``torch.load(weights_only=True)`` (no pickled code runs).
+
+    VMamba's training checkpoints (``ckpt_epoch_*.pth``) may also hold the training config as a Python object, which
+    such a load refuses; the error then says how to extract the weights once from a file you trust.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"VMamba checkpoint not found: {path} (model.pretrained_path; VMamba-T is "
+                                "vssm1_tiny_0230s_ckpt_epoch_264.pth from MzeroMiko/VMamba)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        objects = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or str(e).splitlines()[0]
+        raise RuntimeError(
+            f"{path} holds Python objects besides the weights ({objects}), which are not loaded (loading them runs "
+            f"code from the file). If you trust the file, extract the weights once:\n  python -c \"import torch; "
+            f"torch.save({{'model': torch.load('{path}', map_location='cpu', weights_only=False)['model']}}, "
+            f"'vmamba_weights.pth')\"\nand set model.pretrained_path=vmamba_weights.pth") from e
+
+
 def select_pretrained(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], *,
                       keep_stem: bool, stem_note: str = "stem rebuilt", context: str = "checkpoint",
                       ) -> tuple[dict[str, torch.Tensor], list[str]]:

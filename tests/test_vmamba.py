@@ -227,3 +227,16 @@ def test_tiny_encoder_forward_shapes_and_init():
     fc1 = enc.layers[0].blocks[0].mlp.fc1
     assert fc1.bias.abs().max() == 0 and abs(fc1.weight.std().item() - 0.02) < 0.003   # trunc_normal(std 0.02)
     assert torch.equal(enc.layers[0].blocks[0].op.A_logs, torch.zeros(4 * 16, 1))   # d_state 1: A = -1
+
+
+class TrainingConfig(dict):
+    """Stands in for the yacs config that VMamba's training checkpoints pickle beside the weights."""
+
+
+def test_file_with_pickled_objects_is_refused_with_the_extraction_command(tmp_path):
+    torch.save({"model": {}, "config": TrainingConfig(lr=1e-3)}, tmp_path / "ckpt_epoch_264.pth")
+    with pytest.raises(RuntimeError) as err:
+        VMambaEncoder(3, **TINY).load_checkpoint(tmp_path / "ckpt_epoch_264.pth")
+    text = str(err.value)
+    assert "tests.test_vmamba.TrainingConfig" in text and "weights_only=False)['model']" in text
+    assert "model.pretrained_path=vmamba_weights.pth" in text

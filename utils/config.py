@@ -394,9 +394,16 @@ def _validate_mambaseg(cfg: dict) -> None:
     for key in ("image_channels", "event_channels", "head_dim"):
         if not _is_int(ms[key]) or ms[key] < 1:
             raise ConfigError(f"model.mambaseg.{key}={ms[key]!r} must be a positive integer")
-    if cfg["model"]["name"] == "mambaseg" and list(cfg["TEST"]["SCALE"]) != list(cfg["TRAIN"]["SCALE"]):
+    if cfg["model"]["name"] != "mambaseg":
+        return
+    if list(cfg["TEST"]["SCALE"]) != list(cfg["TRAIN"]["SCALE"]):
         raise ConfigError(f"TEST.SCALE={cfg['TEST']['SCALE']!r} must equal TRAIN.SCALE={cfg['TRAIN']['SCALE']!r} for "
                           f"model.name=mambaseg: its TSSM weights depend on the input size")
+    if cfg["model"]["pretrained"]:
+        raise ConfigError("model.pretrained=true downloads timm weights, and timm has no VMamba: set "
+                          "model.pretrained=false and give the VMamba-T file with model.pretrained_path")
+    if cfg["TASKS"]["NAMES"] != ["semseg"]:
+        raise ConfigError(f"model.name=mambaseg predicts semseg only; task_dictionary selects {cfg['TASKS']['NAMES']}")
 
 
 def load_config(path: str | os.PathLike, opts: Iterable[str] = ()) -> EasyDict:
