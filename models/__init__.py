@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from . import bim  # noqa: F401  (registers "bim")
+from . import mambaseg  # noqa: F401  (registers "mambaseg")
 from . import mtmamba  # noqa: F401  (registers "mtmamba")
 from . import mtmamba_plus  # noqa: F401  (registers "mtmamba_plus")
 from . import pame  # noqa: F401  (registers "pame_vit", "pame_swin")

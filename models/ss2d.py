@@ -127,6 +127,7 @@ class SS2D(nn.Module):
         ssm_ratio: expansion d_inner / C.
         dt_rank: rank R of the Δ projection, or "auto" for ceil(C/16).
         d_conv: depthwise convolution kernel size.
+        conv_bias: give the depthwise convolution a bias (VMamba-T's encoder blocks have none).
         gate: split ``in_proj`` into (x, z) and multiply the output by SiLU(z) (Eq. 16).
         out_proj: project d_inner back to C with a bias-free Linear (Eq. 17).
         orders: scan orders (K = len(orders)).
@@ -148,6 +149,7 @@ class SS2D(nn.Module):
         ssm_ratio: float = 2.0,
         dt_rank: int | str = "auto",
         d_conv: int = 3,
+        conv_bias: bool = True,
         gate: bool = True,
         out_proj: bool = True,
         orders: Sequence[str] = SS2D_ORDERS,
@@ -181,7 +183,7 @@ class SS2D(nn.Module):
         if mixer == "wmsa":
             self.attn = WindowMSA(di, wmsa_heads)
             return
-        self.conv2d = nn.Conv2d(di, di, d_conv, padding=(d_conv - 1) // 2, groups=di, bias=True)
+        self.conv2d = nn.Conv2d(di, di, d_conv, padding=(d_conv - 1) // 2, groups=di, bias=conv_bias)
         # per-direction projections, stacked: x -> (Δ_low_rank, B, C) and Δ_low_rank -> Δ
         add_ssm_parameters(self, k, di, n, r, dt_min, dt_max, dt_init_floor, dt_scale)
         self.out_norm = nn.LayerNorm(di)

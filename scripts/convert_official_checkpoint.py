@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert a released MTMamba / MTMamba++ / PAMM checkpoint to our format, or one of ours to the official format.
+"""Convert a released MTMamba / MTMamba++ / PAMM / MambaSeg checkpoint to our format, or one of ours to the
+official format.
 
     python scripts/convert_official_checkpoint.py mtmamba_plus_nyud.pth.tar mtmamba_plus_nyud.pth
     python scripts/convert_official_checkpoint.py --to-official runs/mtmamba_nyud/checkpoints/best.pth \\
@@ -10,10 +11,14 @@ Official -> ours: the output is ``{"model": our state dict, "swin_pad_mode": "mm
 ``main.py --run_mode infer --trained_model OUT`` reads the recorded pad mode and builds the encoder with mmseg's
 window order, as it does for the official file itself. Ours -> official (``--to-official``): the output is
 ``{'model': {'module.<key>': tensor}}`` in the official key order, which the official code loads strictly.
+MambaSeg (``{'epoch': e, 'state_dict': sd}``, official key names): official -> ours gives
+``{"model": state dict, "epoch": e, "converted_from": IN}``; ``--to-official`` writes ``{'epoch': e, 'state_dict': sd}``
+with the keys in the official order (:mod:`utils.official_mambaseg`).
 
 The model the keys are checked against is built on the meta device (no memory, no weights) from ``--config_exp``;
 by default from the config a checkpoint of ours stores, and for an official file from
-``configs/<model>_<dataset>.yml``: the model from the decoder keys, the dataset from the tasks.
+``configs/<model>_<dataset>.yml``: the model from the decoder keys, the dataset from the tasks (MambaSeg:
+from the number of classes).
 Every key and shape is checked; any missing, unmapped or mismatched key is an error that lists them.
 
 PAMM (the official trainer's ``{'optimizer', 'scheduler', 'model', 'epoch', 'iter_count'}`` file, see
@@ -34,6 +39,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
+from utils import official_mambaseg  # noqa: E402
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from utils import official_pamm  # noqa: E402
 from utils.config import DATASET_TASKS, config_from_dict, load_config  # noqa: E402
@@ -77,6 +83,9 @@ def convert(src: Path, dst: Path, to_official: bool, config: Path | None = None,
     """Convert the checkpoint file ``src`` and write ``dst``; returns the config used (a file, or the dict stored
     in the checkpoint: ``--to-official`` builds the model a checkpoint of ours was trained as)."""
     checkpoint = load_checkpoint(src)
+    if official_mambaseg.is_mambaseg_checkpoint(checkpoint) or \
+            official_mambaseg.is_mambaseg_state_dict(checkpoint.get("model", {})):
+        return _convert_mambaseg(src, dst, checkpoint, to_official, config, opts)
     if to_official:
         state = checkpoint.get("model", checkpoint)
         if is_official_checkpoint(checkpoint):
@@ -104,6 +113,24 @@ def convert(src: Path, dst: Path, to_official: bool, config: Path | None = None,
         config = config or default_config(official_model_name(checkpoint), official_tasks(checkpoint))
         state = official_to_ours(checkpoint, meta_model(config, list(opts)))
         save_checkpoint(dst, {"model": state, PAD_MODE_KEY: "mmseg", "converted_from": str(src)})
+    return config
+
+
+def _convert_mambaseg(src: Path, dst: Path, checkpoint: dict, to_official: bool, config: Path | None,
+                      opts: list[str]) -> Path:
+    """MambaSeg: the keys are the official ones; only the wrapper and the key order change."""
+    official = official_mambaseg.is_mambaseg_checkpoint(checkpoint)
+    if official == to_official:
+        raise CheckpointError(f"{src} is already in the {'official' if official else 'our'} format")
+    state = checkpoint["state_dict" if official else "model"]
+    config = config or REPO / "configs" / f"{official_mambaseg.default_config_name(state)}.yml"
+    model = meta_model(config, list(opts))
+    epoch = int(checkpoint.get("epoch", 0))
+    if to_official:
+        save_checkpoint(dst, official_mambaseg.ours_to_official(state, model, epoch))
+    else:
+        save_checkpoint(dst, {"model": official_mambaseg.official_to_ours(checkpoint, model), "epoch": epoch,
+                              "converted_from": str(src)})
     return config
 
 

@@ -31,6 +31,8 @@ __all__ = ["DATASET_TASKS", "DEFAULTS", "ConfigError", "load_config", "config_fr
 DATASET_TASKS: dict[str, dict[str, int]] = {
     "NYUD": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
     "PASCALContext": {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1},
+    "DDD17": {"semseg": 6},
+    "DSEC": {"semseg": 11},
 }
 ALL_TASKS: tuple[str, ...] = tuple(dict.fromkeys(t for tasks in DATASET_TASKS.values() for t in tasks))
 
@@ -131,6 +133,14 @@ DEFAULTS: dict[str, Any] = {
             "a_d": "learnable",          # learnable A_log, D | constant: A = -(1..N), D = 1, untrained (released code)
             "init": "mamba",             # mamba: Mamba's Δ init, PyTorch defaults | official: released ViT init (§3.6)
             "backbone_dim": None,        # pame_vit first_decode input; null = ViT width (released NYUD yml: 768, Q6)
+        },
+        "mambaseg": {                    # model.name=mambaseg: image + event segmentation (MAMBASEG.md §2-§3)
+            "dims": [96, 192, 384, 768], # VMamba stage widths, multiples of 16 (VMamba-T)
+            "depths": [2, 2, 8, 2],      # VSS blocks per stage (VMamba-T s1l8)
+            "image_channels": 3,         # frame channels: 1 grey (DDD17, new stem) | 3 RGB (DSEC, pretrained stem)
+            "event_channels": 10,        # event voxel-grid time bins (the event stem is always new)
+            "head_dim": 768,             # SegFormer head embedding width
+            "merge": "official",         # TSSM merge: official (CrossMerge_channel, released weights) | flip
         },
         "d_state": 16,                   # SSM state size N
         "ssm_ratio": 2.0,                # d_inner = ssm_ratio·C
@@ -428,6 +438,35 @@ def _validate_model(cfg: dict) -> None:
     if pame["backbone_dim"] is not None and (not _is_int(pame["backbone_dim"]) or pame["backbone_dim"] < 1):
         raise ConfigError(f"model.pame.backbone_dim={pame['backbone_dim']!r} must be null (the encoder's width) or "
                           "a positive integer")
+    _validate_mambaseg(cfg)
+
+
+def _validate_mambaseg(cfg: dict) -> None:
+    """``model.mambaseg`` values; a MambaSeg model runs at one input size (its TSSM weights depend on H×W)."""
+    from models.mambaseg import MERGE_MODES
+
+    ms = cfg["model"]["mambaseg"]
+    if ms["merge"] not in MERGE_MODES:
+        raise ConfigError(f"model.mambaseg.merge={ms['merge']!r} is not valid; valid: {list(MERGE_MODES)}")
+    for key in ("dims", "depths"):
+        if not (isinstance(ms[key], list) and len(ms[key]) == 4 and all(_is_int(v) and v > 0 for v in ms[key])):
+            raise ConfigError(f"model.mambaseg.{key}={ms[key]!r} must be a list of 4 positive integers (one per stage)")
+    if any(c % 16 for c in ms["dims"]):
+        raise ConfigError(f"model.mambaseg.dims={ms['dims']!r} must be multiples of 16 (the DDIM attentions reduce "
+                          f"C by 4 and 16)")
+    for key in ("image_channels", "event_channels", "head_dim"):
+        if not _is_int(ms[key]) or ms[key] < 1:
+            raise ConfigError(f"model.mambaseg.{key}={ms[key]!r} must be a positive integer")
+    if cfg["model"]["name"] != "mambaseg":
+        return
+    if list(cfg["TEST"]["SCALE"]) != list(cfg["TRAIN"]["SCALE"]):
+        raise ConfigError(f"TEST.SCALE={cfg['TEST']['SCALE']!r} must equal TRAIN.SCALE={cfg['TRAIN']['SCALE']!r} for "
+                          f"model.name=mambaseg: its TSSM weights depend on the input size")
+    if cfg["model"]["pretrained"]:
+        raise ConfigError("model.pretrained=true downloads timm weights, and timm has no VMamba: set "
+                          "model.pretrained=false and give the VMamba-T file with model.pretrained_path")
+    if cfg["TASKS"]["NAMES"] != ["semseg"]:
+        raise ConfigError(f"model.name=mambaseg predicts semseg only; task_dictionary selects {cfg['TASKS']['NAMES']}")
 
 
 def load_config(path: str | os.PathLike, opts: Iterable[str] = ()) -> EasyDict:

@@ -90,10 +90,17 @@ def count_flops(model: nn.Module, input_size: Sequence[int], compute_scans: bool
     table share it. The scan op is counted by its handle from its input shapes, so by default it runs
     shape-only while fvcore traces (:func:`shapes_only`); ``compute_scans=True`` runs the real op and gives
     the same count. The model is traced in its reference execution (the official code's operations); the fast
-    execution computes the same function.
+    execution computes the same function. A model with several inputs (``example_inputs``, e.g. MambaSeg's frame and
+    events) is traced whole, on its own example inputs of ``input_size``.
     """
     model = model.eval()
     size = tuple(input_size)
+    if hasattr(model, "example_inputs"):
+        if size != tuple(model.img_size):
+            raise ValueError(f"{type(model).__name__} is built for {tuple(model.img_size)} inputs; FLOPs at {size} "
+                             f"need a model built for that size (TRAIN.SCALE)")
+        with exec_mode(model, "reference"):
+            return _fvcore_total(model, model.example_inputs(), compute_scans)
     encoder_flops, shapes = _encoder_flops(model.encoder, size, compute_scans)
     features = tuple(torch.zeros(s) for s in shapes)
     with exec_mode(model, "reference"):

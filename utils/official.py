@@ -32,7 +32,7 @@ from models.heads import MultiTaskModel, TaskHead
 from models.mtmamba import MTMambaStage
 from models.mtmamba_plus import LiteHead, MTMambaPlusStage
 from models.ss2d import SS2D
-from utils import official_pamm
+from utils import official_mambaseg, official_pamm
 from utils.checkpoint import CheckpointError
 
 __all__ = ["OFFICIAL_MODELS", "is_official_checkpoint", "official_model_name", "official_tasks", "official_layout",
@@ -296,6 +296,7 @@ def config_for_checkpoint(cfg: Any, checkpoint: Mapping[str, Any]) -> Any:
     """The config to build the model that ``checkpoint`` is loaded into (a copy when anything changes).
 
     * Every weight comes from the checkpoint, so no ImageNet weights are loaded (``model.pretrained`` false).
+    * An official MambaSeg checkpoint must be of ``model.name: mambaseg`` and the dataset's classes.
     * An official checkpoint must be of ``model.name``'s model and tasks; it and checkpoints converted from one
       (which record ``swin_pad_mode``) need the window order they were trained with: ``model.swin_pad_mode`` is
       switched to ``mmseg`` (pad, then shift), with a log line.
@@ -303,6 +304,8 @@ def config_for_checkpoint(cfg: Any, checkpoint: Mapping[str, Any]) -> Any:
     """
     if official_pamm.is_pamm_checkpoint(checkpoint):
         return official_pamm.config_for_checkpoint(cfg, checkpoint)
+    if official_mambaseg.is_mambaseg_checkpoint(checkpoint):
+        official_mambaseg.check_config(cfg, checkpoint)
     official = is_official_checkpoint(checkpoint)
     pad_mode = "mmseg" if official else checkpoint.get(PAD_MODE_KEY)
     if official:
@@ -329,6 +332,10 @@ def checkpoint_model_state(checkpoint: Mapping[str, Any], model: nn.Module) -> M
     """The model state dict held by ``checkpoint``: converted from the official format, else its ``'model'``."""
     if official_pamm.is_pamm_checkpoint(checkpoint):
         return official_pamm.checkpoint_model_state(checkpoint, model)
+    if official_mambaseg.is_mambaseg_checkpoint(checkpoint):
+        logger.info("official MambaSeg checkpoint (epoch %s): official names, loaded as they are",
+                    checkpoint.get("epoch"))
+        return official_mambaseg.official_to_ours(checkpoint, model)
     if is_official_checkpoint(checkpoint):
         logger.info("official %s checkpoint: converted to this model's keys (mmseg Swin -> timm, official decoder "
                     "names -> ours)", OFFICIAL_MODELS[official_model_name(checkpoint)])

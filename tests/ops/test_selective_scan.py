@@ -269,8 +269,9 @@ def test_traces_to_a_single_op(backend):
 @pytest.mark.skipif(not (HAS_KERNEL and torch.cuda.is_available()), reason="needs CUDA and selective_scan_cuda")
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("L", [63, 4100])  # the kernel works in chunks of 2048 steps
-def test_cuda_matches_torch(layout, L):
-    inputs = make_inputs(layout, 16, 16, L, batch=2)
+@pytest.mark.parametrize("N", [1, 16])     # d_state 1: VMamba-T's encoder blocks
+def test_cuda_matches_torch(layout, L, N):
+    inputs = make_inputs(layout, 16, N, L, batch=2)
     dout = torch.randn(inputs["u"].shape, dtype=torch.float64)
     # norm-relative: well inside mamba-ssm's own elementwise fp32 tolerance (the kernel is built with fast math)
     assert_close(run(inputs, torch.float32, "cuda", dout, "cuda"), run(inputs, torch.float32, "torch", dout, "cuda"),
