@@ -79,7 +79,8 @@ class _Recording:
         """(mask, frame, index row) of every labelled frame; every file is checked here, not in a worker."""
         mask_dir, img_dir = self.folder / "segmentation_masks", self.folder / "imgs"
         if not mask_dir.is_dir():
-            unzip = " (unzip segmentation_masks.zip there)" if (self.folder / "segmentation_masks.zip").is_file() else ""
+            zipped = (self.folder / "segmentation_masks.zip").is_file()
+            unzip = " (unzip segmentation_masks.zip there)" if zipped else ""
             raise DatasetError(f"DDD17: missing mask folder {mask_dir}{unzip}. Expected layout:\n{LAYOUT}")
         if not img_dir.is_dir():
             raise DatasetError(f"DDD17: missing frame folder {img_dir}: the frames are not in the archive; "
@@ -87,6 +88,8 @@ class _Recording:
         out = []
         for mask in sorted(mask_dir.glob("segmentation_*.png")):
             number = mask.stem.rsplit("_", 1)[-1]
+            if not number.isdigit():
+                raise DatasetError(f"DDD17: mask {mask} is not named segmentation_<frame number>.png")
             row = int(number) - 1                                  # image index = mask number − 1
             frame = img_dir / f"img_{number}.png"
             if not 0 <= row < len(self.index):
@@ -164,7 +167,8 @@ class DDD17(Dataset):
         if t.size == 0:
             self.empty_windows += 1
             _logger.warning("DDD17: no events in the %d ms before %s (frame %d of %s); using a zero voxel grid "
-                            "(%d empty windows so far)", WINDOW_MS, frame_path.name, row, rec.folder, self.empty_windows)
+                            "(%d empty windows so far)", WINDOW_MS, frame_path.name, row, rec.folder,
+                            self.empty_windows)
         grid = voxel_grid(x, y, t, p, *SENSOR_SIZE, num_bins=NUM_BINS)[:, :LABEL_SIZE[0]]  # cut bottom 60 rows
         sample = {"image": frame[:LABEL_SIZE[0], :, None],
                   "events": grid.permute(1, 2, 0).numpy(),                                  # H×W×B view

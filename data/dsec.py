@@ -173,7 +173,7 @@ class _Sequence:
             return 0, 0
         ms = t_rel // 1000
         last = len(self.ms_to_idx) - 1
-        lo = int(self.ms_to_idx[min(ms, last)])
+        lo = int(self.ms_to_idx[min(ms, last)]) if last >= 0 else 0
         hi = int(self.ms_to_idx[ms + 1]) if ms + 1 <= last else self.num_events
         t = read_h5(self._events_file(), "events/t", slice(lo, hi)).astype(np.int64)
         end = lo + int(np.searchsorted(t, t_rel, side="left"))
@@ -271,7 +271,7 @@ def _matrix(calib: dict, *keys: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def event_view_homography(calib: dict) -> np.ndarray:
-    """3×3 P = K_r1 · R_r1_r0 · K_r0⁻¹ with R_r1_r0 = R_rect1 · R_10 · R_rect0ᵀ (rotation only, MAMBASEG.md §5).
+    """3×3 P = K_r1 · R_r1_r0 · K_r0⁻¹, R_r1_r0 = R_rect1 · R_10 · R_rect0ᵀ (rotation only, MAMBASEG.md §5).
 
     ``calib`` is the parsed ``cam_to_cam.yaml`` (cam0 = left events, cam1 = left frames; ``camera_matrix`` is
     [fx, fy, cx, cy]; R_10 is the rotation of ``T_10``). P maps a pixel of the rectified event view to the

@@ -21,7 +21,8 @@ def test_miou_and_accuracy_by_hand():
     confusion = [[3, 1, 0],     # GT 0: 3 right, 1 taken for class 1
                  [0, 2, 1],     # GT 1
                  [1, 0, 4]]     # GT 2
-    # IoU_c = TP / (row + column − TP): 3 / (4 + 4 − 3), 2 / (3 + 3 − 2), 4 / (5 + 5 − 4); acc = 9 right of 12 valid
+    # IoU_c = TP / (row + column − TP): 3 / (4 + 4 − 3), 2 / (3 + 3 − 2), 4 / (5 + 5 − 4);
+    # acc = 9 right of 12 valid pixels
     iou = [3 / 5, 2 / 4, 4 / 6]
     m = MIoUMeter(3)
     m.update(*_pixels(confusion, ignored=5))               # ignored pixels count nowhere
