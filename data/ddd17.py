@@ -17,7 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from data.events import NUM_BINS, voxel_grid
-from data.io import DatasetError, check_root, decode, read_png
+from data.io import DatasetError, check_root, decode
 
 __all__ = ["DDD17", "DDD17_CLASSES", "SENSOR_SIZE", "LABEL_SIZE", "SPLIT_DIRS", "WINDOW_MS", "extract_frames"]
 
@@ -45,6 +45,19 @@ def _read_gray(path: Path) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as im:
         return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    """A mask as uint8 H×W: an 8-bit single-channel PNG, or a grey one stored as RGB (the official reader takes
+    ``cv2.imread(path, 0)``, which accepts both)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and (arr[..., 1:3] == arr[..., :1]).all():
+        arr = arr[..., 0]
+    if arr.ndim != 2 or arr.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit single-channel (or grey RGB) PNG, got array {arr.dtype} {arr.shape}")
+    return arr
 
 
 class _Recording:
@@ -154,7 +167,7 @@ class DDD17(Dataset):
         rec = self.recordings[rec_i]
         mask_path, frame_path, row = rec.masks[k]
         name = f"{rec.folder.name}_{mask_path.stem.rsplit('_', 1)[-1]}"
-        label = decode(mask_path, name, lambda p: read_png(p, 1))
+        label = decode(mask_path, name, _read_mask)
         if label.shape != LABEL_SIZE:
             raise DatasetError(f"DDD17: label {mask_path} is {label.shape[0]}x{label.shape[1]}, expected "
                                f"{LABEL_SIZE[0]}x{LABEL_SIZE[1]} (the {SENSOR_SIZE[0]}-row frame without its "

@@ -116,6 +116,9 @@ def test_empty_window_gives_a_zero_grid_and_a_counted_warning(ddd17_copy, caplog
 def test_bad_input_names_the_file(ddd17_copy):
     d1 = ddd17_copy / "dir1"
     mask = d1 / "segmentation_masks" / "segmentation_00000004.png"
+    grey = np.asarray(Image.open(mask))
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=2)).save(mask)                 # grey stored as RGB: accepted
+    np.testing.assert_array_equal(DDD17(ddd17_copy, "test")[0]["semseg"][..., 0], grey)
     Image.fromarray(np.zeros((201, 346), np.uint8)).save(mask)
     with pytest.raises(DatasetError, match=re.escape(str(mask)) + r" is 201x346, expected 200x346"):
         DDD17(ddd17_copy, "test")[0]
