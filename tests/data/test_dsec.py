@@ -19,7 +19,7 @@ from data import build_dataloaders
 from data.dsec import SEQUENCES, DSECSemantic, event_view_homography, event_view_maps, warp_to_event_view
 from data.event_transforms import event_test_transforms
 from data.io import DatasetError
-from data.synthetic_events import (DSEC_LABEL_PERIOD_US, DSEC_T_OFFSET_US, _rotation, write_cam_to_cam, write_dsec,
+from data.synthetic_events import (DSEC_LABEL_PERIOD_US, DSEC_T_OFFSET_US, write_cam_to_cam, write_dsec,
                                    write_events_h5, write_rectify_map)
 from tests.data.test_ddd17 import run_script
 from tests.data.test_events import loop_voxel_grid
@@ -67,6 +67,12 @@ def test_prepare_script_writes_one_event_view_frame_per_rectified_frame(dsec_roo
             assert out == sorted(p.name for p in (seq / "rectified").glob("*.png")) and len(out) == 7
     with Image.open(dsec_root / "test" / SEQ / "images" / "left" / "ev_inf" / "000000.png") as im:
         assert (im.mode, im.size) == ("RGB", (640, 480))
+
+
+def _rotation(axis: str, degrees: float) -> np.ndarray:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return {"x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]), "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
+            "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])}[axis]
 
 
 def _calibration(k=(500.0, 500.0, 320.0, 240.0), r_rect0=np.eye(3), r_rect1=np.eye(3), r_10=np.eye(3)):
