@@ -1,4 +1,5 @@
-"""Datasets (NYUDv2, PASCAL-Context), transforms, collation and the DataLoader builder.
+"""Datasets (NYUDv2, PASCAL-Context; DDD17, DSEC-Semantic with events), transforms, collation and the DataLoader
+builder.
 
 Import-light: the dataset modules load only when :func:`build_dataloaders` or :func:`build_dataset` runs.
 """
@@ -10,13 +11,15 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["DATASET_FOLDERS", "resolve_db_root", "build_dataset", "build_dataloaders", "build_val_loader",
-           "seed_worker", "fork_safe_opencv", "ShardSampler"]
+__all__ = ["DATASET_FOLDERS", "EVENT_DATASETS", "resolve_db_root", "build_dataset", "build_transforms",
+           "build_dataloaders", "build_val_loader", "seed_worker", "fork_safe_opencv", "ShardSampler"]
 
 _logger = logging.getLogger(__name__)
 
 # train_db_name -> folder the archive extracts to (DATA.md §0)
-DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext"}
+DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext", "DDD17": "DDD17", "DSEC": "DSEC"}
+# frame + event datasets (MAMBASEG.md §5): no val split, the official code evaluates and selects on test
+EVENT_DATASETS = ("DDD17", "DSEC")
 
 
 def resolve_db_root(cfg: Any) -> Path:
@@ -34,12 +37,36 @@ def build_dataset(cfg: Any, split: str, transform: Optional[Any] = None):
     if name not in DATASET_FOLDERS:
         raise ValueError(f"train_db_name={name!r} is not supported; valid: {sorted(DATASET_FOLDERS)}")
     root = resolve_db_root(cfg) / DATASET_FOLDERS[name]
+    if name in EVENT_DATASETS:
+        return _build_event_dataset(cfg, name, root, "test" if split == "val" else split, transform)
     tasks = list(cfg.TASKS.NAMES)
     if name == "NYUD":
         from data.nyud import NYUDv2
         return NYUDv2(root, split, tasks, transform=transform)
     from data.pascal_context import PASCALContext
     return PASCALContext(root, split, tasks, transform=transform, parts_cache_dir=cfg.get("parts_cache_dir"))
+
+
+def _build_event_dataset(cfg: Any, name: str, root: Path, split: str, transform: Optional[Any]):
+    if name == "DDD17":
+        from data.ddd17 import DDD17
+        return DDD17(root, split, transform=transform)
+    from data.dsec import DSECSemantic
+    dsec = cfg.get("dsec") or {}  # utils/config.py DEFAULTS: num_classes, num_events
+    return DSECSemantic(root, split, transform=transform,
+                        **{k: int(dsec[k]) for k in ("num_classes", "num_events") if k in dsec})
+
+
+def build_transforms(cfg: Any, split: str, seed: Optional[int] = None):
+    """The sample pipeline of ``cfg.train_db_name`` for ``split``: DATA.md §4 for NYUD / PASCAL-Context (crop
+    ``TRAIN.SCALE``, test padding ``TEST.SCALE``), MAMBASEG.md §5 for the event datasets (crop ``TRAIN.SCALE``)."""
+    if cfg.train_db_name in EVENT_DATASETS:
+        from data.event_transforms import event_test_transforms, event_train_transforms
+        if split == "train":
+            return event_train_transforms(cfg.train_db_name, cfg.TRAIN.SCALE, seed=seed)
+        return event_test_transforms()
+    from data.transforms import test_transforms, train_transforms
+    return train_transforms(cfg.TRAIN.SCALE, seed=seed) if split == "train" else test_transforms(cfg.TEST.SCALE)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -103,9 +130,7 @@ def build_val_loader(cfg: Any):
     import torch.distributed as dist
     from torch.utils.data import DataLoader
 
-    from data.transforms import test_transforms
-
-    val_set = build_dataset(cfg, "val", test_transforms(cfg.TEST.SCALE))
+    val_set = build_dataset(cfg, "val", build_transforms(cfg, "val"))
     distributed = dist.is_available() and dist.is_initialized()
     sampler = ShardSampler(len(val_set), dist.get_rank(), dist.get_world_size()) if distributed else None
     return DataLoader(val_set, batch_size=int(cfg.valBatch), shuffle=False, sampler=sampler, drop_last=False,
@@ -123,10 +148,8 @@ def build_dataloaders(cfg: Any, seed: Optional[int] = None):
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from data.transforms import train_transforms
-
     seed = int(cfg.get("seed", 0) if seed is None else seed)
-    train_set = build_dataset(cfg, "train", train_transforms(cfg.TRAIN.SCALE, seed=seed))
+    train_set = build_dataset(cfg, "train", build_transforms(cfg, "train", seed=seed))
     distributed = dist.is_available() and dist.is_initialized()
     train_sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=True) if distributed else None
     train_loader = DataLoader(train_set, batch_size=int(cfg.trBatch), shuffle=train_sampler is None,

@@ -65,17 +65,20 @@ class RandomScaling:
 
     Args:
         min_scale, max_scale: range of the scale factor.
+        linear_keys: keys resized bilinearly (e.g. an event voxel grid besides the image); the others nearest.
     """
 
-    def __init__(self, min_scale: float = 0.5, max_scale: float = 2.0) -> None:
+    def __init__(self, min_scale: float = 0.5, max_scale: float = 2.0,
+                 linear_keys: Sequence[str] = ("image",)) -> None:
         self.min_scale, self.max_scale = min_scale, max_scale
+        self.linear_keys = tuple(linear_keys)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         s = float(rng.uniform(self.min_scale, self.max_scale))
         h, w = sample["image"].shape[:2]
         dsize = (int(w * s), int(h * s))  # cv2 takes (W, H)
         for key, arr in _arrays(sample):
-            interp = cv2.INTER_LINEAR if key == "image" else cv2.INTER_NEAREST
+            interp = cv2.INTER_LINEAR if key in self.linear_keys else cv2.INTER_NEAREST
             out = cv2.resize(np.ascontiguousarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr),
                              dsize, interpolation=interp)
             out = out[..., None] if out.ndim == 2 else out

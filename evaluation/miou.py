@@ -1,4 +1,5 @@
-"""Semantic segmentation and human-parts mIoU from a pooled confusion matrix (EVALUATION.md §2–3).
+"""Semantic segmentation and human-parts mIoU (and pixel accuracy) from a pooled confusion matrix (EVALUATION.md
+§2–3; MAMBASEG.md §6 for DDD17 / DSEC).
 
 NYUD semseg: 40 classes (label 0 "unlabeled" already mapped to 255 by the data layer). PASCAL semseg: 21 classes,
 background counted. PASCAL human parts: 7 classes, background counted; images without part annotations arrive as
@@ -19,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class MIoUMeter(Meter):
-    """Dataset-level mIoU: IoU_c = TP_c / max(TP_c + FP_c + FN_c, 1e-8), mIoU = plain mean over all C classes (§2).
+    """Dataset-level mIoU: IoU_c = TP_c / max(TP_c + FP_c + FN_c, 1e-8), mIoU = plain mean over all C classes (§2);
+    pixel accuracy acc = Σ_c TP_c / (number of non-ignored pixels), from the same confusion matrix.
 
     Args:
         num_classes: C (40 NYUD semseg, 21 PASCAL semseg, 7 PASCAL human parts).
@@ -64,7 +66,7 @@ class MIoUMeter(Meter):
         return {"confusion": self.confusion}
 
     def compute(self) -> dict[str, Any]:
-        """Returns ``mIoU`` in percent (papers print 100·mIoU) and ``IoU`` per class in percent."""
+        """Returns ``mIoU`` and ``acc`` in percent (papers print 100·mIoU) and ``IoU`` per class in percent."""
         conf = self.confusion.double()
         tp = conf.diag()
         fp = conf.sum(0) - tp
@@ -74,4 +76,5 @@ class MIoUMeter(Meter):
         if empty:  # §2: counted as IoU 0 like the reference code, but never expected on the real splits
             logger.warning("MIoUMeter: classes %s have no GT and no prediction; counted as IoU 0", empty)
         iou = tp / denom.clamp(min=1e-8)
-        return {"mIoU": 100.0 * float(iou.mean()), "IoU": (100.0 * iou).tolist()}
+        acc = float(tp.sum() / conf.sum().clamp(min=1))  # 0 when no pixel was valid
+        return {"mIoU": 100.0 * float(iou.mean()), "acc": 100.0 * acc, "IoU": (100.0 * iou).tolist()}

@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""Write a miniature NYUDv2 or PASCAL-Context dataset in the released formats (DATA.md §6).
+"""Write a miniature NYUDv2, PASCAL-Context, DDD17 or DSEC-Semantic dataset in the released formats
+(DATA.md §6, MAMBASEG.md §5).
 
     python scripts/make_synthetic_dataset.py --dataset nyud --out /tmp/mtl_data
     python scripts/make_synthetic_dataset.py --dataset pascal --out /tmp/mtl_data --n-train 8 --size 150x200
+    python scripts/make_synthetic_dataset.py --dataset ddd17 --out /tmp/mtl_data --frames 12
+    python scripts/make_synthetic_dataset.py --dataset dsec --out /tmp/mtl_data --labels 9
 
-The dataset lands in ``<out>/NYUDv2`` or ``<out>/PASCALContext``; point ``db_root`` (or ``MTL_DATA_ROOT``)
-at ``<out>``.
+The dataset lands in ``<out>/NYUDv2``, ``<out>/PASCALContext``, ``<out>/DDD17`` or ``<out>/DSEC``; point
+``db_root`` (or ``MTL_DATA_ROOT``) at ``<out>``. Like the released archives, DDD17 comes without its frames and
+DSEC without its ``ev_inf`` frames: run ``scripts/prepare_ddd17.py`` / ``scripts/prepare_dsec.py`` on it.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from data import DATASET_FOLDERS  # noqa: E402
 from data.synthetic import NYUD_DEFAULT_SIZE, PASCAL_DEFAULT_SIZE, write_nyud, write_pascal  # noqa: E402
 
 # --dataset -> the folder it is written to
-FOLDERS = {"nyud": DATASET_FOLDERS["NYUD"], "pascal": DATASET_FOLDERS["PASCALContext"]}
+FOLDERS = {"nyud": DATASET_FOLDERS["NYUD"], "pascal": DATASET_FOLDERS["PASCALContext"], "ddd17": DATASET_FOLDERS["DDD17"],
+           "dsec": DATASET_FOLDERS["DSEC"]}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -46,20 +51,34 @@ def _count(text: str) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=tuple(FOLDERS))
-    parser.add_argument("--out", required=True, type=Path, help="folder that will hold NYUDv2/ or PASCALContext/")
-    parser.add_argument("--n-train", type=_count, default=4, help="training images (>= 1)")
-    parser.add_argument("--n-val", type=_count, default=2, help="validation images (>= 1)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder that will hold NYUDv2/, PASCALContext/, DDD17/ or DSEC/")
+    parser.add_argument("--n-train", type=_count, default=4, help="training images (>= 1; nyud, pascal)")
+    parser.add_argument("--n-val", type=_count, default=2, help="validation images (>= 1; nyud, pascal)")
     parser.add_argument("--force", action="store_true", help="overwrite a dataset that already exists under --out")
     parser.add_argument("--size", type=_size, default=None,
                         help=f"HxW (default {NYUD_DEFAULT_SIZE[0]}x{NYUD_DEFAULT_SIZE[1]} for nyud, "
                              f"{PASCAL_DEFAULT_SIZE[0]}x{PASCAL_DEFAULT_SIZE[1]} for pascal, alternating orientation)")
+    parser.add_argument("--frames", type=int, default=6, help="ddd17: frames per recording (masks from the 3rd)")
+    parser.add_argument("--labels", type=int, default=7,
+                        help="dsec: labels per sequence (the loader drops 6 and keeps every 2nd)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="events per frame (ddd17, default 400) or per label (dsec, default 3000)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     target = args.out / FOLDERS[args.dataset]
     if target.exists() and not args.force:
         parser.error(f"{target} already exists; pass --force to overwrite it, or choose another --out")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.dataset == "nyud":
+    if args.dataset in ("ddd17", "dsec") and args.size is not None:
+        parser.error("--size applies to nyud and pascal; DDD17 and DSEC keep their sensor sizes")
+    if args.dataset == "ddd17":
+        from data.synthetic_events import write_ddd17
+        root = write_ddd17(args.out, n_frames=args.frames, events_per_frame=args.events or 400, seed=args.seed)
+    elif args.dataset == "dsec":
+        from data.synthetic_events import write_dsec
+        root = write_dsec(args.out, n_labels=args.labels, events_per_label=args.events or 3000, seed=args.seed)
+    elif args.dataset == "nyud":
         root = write_nyud(args.out, args.n_train, args.n_val, args.size or NYUD_DEFAULT_SIZE, args.seed)
     else:
         root = write_pascal(args.out, args.n_train, args.n_val, args.size or PASCAL_DEFAULT_SIZE, args.seed)

@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
     "trBatch": 1,                    # training batch per process (GPU)
     "valBatch": 1,                   # evaluation batch per process
     "nworkers": 2,                   # DataLoader workers per process
+    "dsec": {                        # DSEC-Semantic (MAMBASEG.md §5)
+        "num_classes": 11,           # 11 (official) | 19: label set; sets TASKS.NUM_OUTPUT.semseg on DSEC
+        "num_events": 100000,        # events per sample: the last ones before the label timestamp
+    },
     # --- optimisation ----------------------------------------------------------------------------------------
     "max_iter": 50000,               # training iterations (the scheduler's horizon)
     "optimizer": "adamw",            # adamw | adam, one param group for every parameter (official recipe)
@@ -305,6 +309,8 @@ def _resolve_tasks(cfg: dict) -> None:
         raise ConfigError(f"task_dictionary selects no task; valid for {db}: {list(valid)}")
     names = [t for t in valid if t in wanted]
     cfg["TASKS"] = {"NAMES": names, "NUM_OUTPUT": {t: valid[t] for t in names}}
+    if db == "DSEC":  # the 19-class DSEC-Semantic labels are an option (MAMBASEG.md §5)
+        cfg["TASKS"]["NUM_OUTPUT"]["semseg"] = cfg["dsec"]["num_classes"]
 
 
 def _is_int(v: Any) -> bool:
@@ -333,6 +339,10 @@ def _validate_values(cfg: dict) -> None:
     for key in ("max_iter", "trBatch", "valBatch", "log_interval", "val_interval", "ckpt_interval"):
         if not _is_int(cfg[key]) or cfg[key] <= 0:
             raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
+    if cfg["dsec"]["num_classes"] not in (11, 19) or not _is_int(cfg["dsec"]["num_classes"]):
+        raise ConfigError(f"dsec.num_classes={cfg['dsec']['num_classes']!r} is not valid; valid: [11, 19]")
+    if not _is_int(cfg["dsec"]["num_events"]) or cfg["dsec"]["num_events"] <= 0:
+        raise ConfigError(f"dsec.num_events={cfg['dsec']['num_events']!r} must be a positive integer")
     for key in ("nworkers", "seed"):
         if not _is_int(cfg[key]) or cfg[key] < 0:
             raise ConfigError(f"{key}={cfg[key]!r} must be a non-negative integer")

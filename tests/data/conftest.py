@@ -19,3 +19,22 @@ def nyud_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pascal_root(tmp_path_factory):
     return write_pascal(tmp_path_factory.mktemp("db"), n_train=4, n_val=2, size=PASCAL_SIZE)
+
+
+# ---- event datasets: written and prepared once per session, read-only for the tests that share them ----
+@pytest.fixture(scope="session")
+def ddd17_root(tmp_path_factory):
+    from data.ddd17 import extract_frames
+    from data.synthetic_events import write_ddd17
+    root = write_ddd17(tmp_path_factory.mktemp("ev"), n_frames=5, first_label=3, events_per_frame=300)
+    extract_frames(root, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dsec_root(tmp_path_factory):
+    from data.dsec import make_ev_inf
+    from data.synthetic_events import write_dsec
+    root = write_dsec(tmp_path_factory.mktemp("ev"), n_labels=7, events_per_label=400, frame_size=(135, 180))
+    make_ev_inf(root, progress=False)
+    return root
