@@ -1,4 +1,4 @@
-"""Datasets (NYUDv2, PASCAL-Context), transforms, collation and the DataLoader builder.
+"""Datasets (NYUDv2, PASCAL-Context, Cityscapes), transforms, collation and the DataLoader builder.
 
 Import-light: the dataset modules load only when :func:`build_dataloaders` or :func:`build_dataset` runs.
 """
@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 __all__ = ["DATASET_FOLDERS", "resolve_db_root", "build_dataset", "build_dataloaders", "build_val_loader",
-           "seed_worker", "fork_safe_opencv", "ShardSampler"]
+           "build_transforms", "seed_worker", "fork_safe_opencv", "ShardSampler"]
 
 _logger = logging.getLogger(__name__)
 
 # train_db_name -> folder the archive extracts to (DATA.md §0)
-DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext"}
+DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext", "Cityscapes": "cityscapes_all"}
 
 
 def resolve_db_root(cfg: Any) -> Path:
-    """``cfg.db_root``, else ``$MTL_DATA_ROOT``; the folder that holds NYUDv2/ and PASCALContext/."""
+    """``cfg.db_root``, else ``$MTL_DATA_ROOT``; the folder that holds NYUDv2/, PASCALContext/, cityscapes_all/."""
     root = cfg.get("db_root") or os.environ.get("MTL_DATA_ROOT")
     if not root:
         raise ValueError("no dataset root: set db_root in the config (or --opts db_root=/path) or the "
@@ -38,8 +38,21 @@ def build_dataset(cfg: Any, split: str, transform: Optional[Any] = None):
     if name == "NYUD":
         from data.nyud import NYUDv2
         return NYUDv2(root, split, tasks, transform=transform)
+    if name == "Cityscapes":
+        from data.cityscapes import Cityscapes
+        return Cityscapes(root, split, tasks, transform=transform, sky_label_id=cfg.cityscapes.sky_label_id)
     from data.pascal_context import PASCALContext
     return PASCALContext(root, split, tasks, transform=transform, parts_cache_dir=cfg.get("parts_cache_dir"))
+
+
+def build_transforms(cfg: Any, train: bool, seed: Optional[int] = None):
+    """The sample pipeline of ``cfg.train_db_name``: Cityscapes resizes the image and keeps the labels, with no
+    augmentation (CITYSCAPES.md §1); the others crop/augment (train) or pad (test) to the template (DATA.md §4)."""
+    from data.transforms import resize_transforms, test_transforms, train_transforms
+
+    if cfg.train_db_name == "Cityscapes":
+        return resize_transforms(cfg.TRAIN.SCALE if train else cfg.TEST.SCALE)
+    return train_transforms(cfg.TRAIN.SCALE, seed=seed) if train else test_transforms(cfg.TEST.SCALE)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -103,9 +116,7 @@ def build_val_loader(cfg: Any):
     import torch.distributed as dist
     from torch.utils.data import DataLoader
 
-    from data.transforms import test_transforms
-
-    val_set = build_dataset(cfg, "val", test_transforms(cfg.TEST.SCALE))
+    val_set = build_dataset(cfg, "val", build_transforms(cfg, train=False))
     distributed = dist.is_available() and dist.is_initialized()
     sampler = ShardSampler(len(val_set), dist.get_rank(), dist.get_world_size()) if distributed else None
     return DataLoader(val_set, batch_size=int(cfg.valBatch), shuffle=False, sampler=sampler, drop_last=False,
@@ -123,10 +134,8 @@ def build_dataloaders(cfg: Any, seed: Optional[int] = None):
     import torch.distributed as dist
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from data.transforms import train_transforms
-
     seed = int(cfg.get("seed", 0) if seed is None else seed)
-    train_set = build_dataset(cfg, "train", train_transforms(cfg.TRAIN.SCALE, seed=seed))
+    train_set = build_dataset(cfg, "train", build_transforms(cfg, train=True, seed=seed))
     distributed = dist.is_available() and dist.is_initialized()
     train_sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=True) if distributed else None
     train_loader = DataLoader(train_set, batch_size=int(cfg.trBatch), shuffle=train_sampler is None,

@@ -24,7 +24,7 @@ from evaluation.normals import NormalsMeter
 from evaluation.saliency import SaliencyMeter
 from utils.distributed import all_reduce_state, is_main_process
 
-__all__ = ["HEADLINE_METRICS", "build_meters", "evaluate", "save_prediction_maps"]
+__all__ = ["HEADLINE_METRICS", "DEPTH_VALID_RANGES", "build_meters", "evaluate", "save_prediction_maps"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,11 @@ HEADLINE_METRICS: dict[str, tuple[str, bool]] = {
 }
 
 
+# datasets whose depth metric counts exactly the pixels with lo < GT < hi (Cityscapes disparity, CITYSCAPES.md §1);
+# elsewhere GT 0 and 255 are invalid (EVALUATION.md §5)
+DEPTH_VALID_RANGES: dict[str, tuple[float, float]] = {"Cityscapes": (0.0, 80.0)}
+
+
 def build_meters(cfg: Any) -> dict[str, Meter]:
     """One meter per task with a dense metric. Edges are scored by the boundary benchmark, not by a meter."""
     n_out = cfg.TASKS.NUM_OUTPUT
@@ -43,7 +48,7 @@ def build_meters(cfg: Any) -> dict[str, Meter]:
         "human_parts": lambda: MIoUMeter(n_out["human_parts"]),
         "sal": lambda: SaliencyMeter(cfg.get("sal_maxF_mode", "invpt_compat")),
         "normals": NormalsMeter,
-        "depth": DepthMeter,
+        "depth": lambda: DepthMeter(valid_range=DEPTH_VALID_RANGES.get(cfg.val_db_name)),
     }
     return {t: factories[t]() for t in cfg.TASKS.NAMES if t in factories}
 

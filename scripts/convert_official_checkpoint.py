@@ -2,6 +2,7 @@
 """Convert a released MTMamba / MTMamba++ checkpoint to our format, or one of ours to the official format.
 
     python scripts/convert_official_checkpoint.py mtmamba_plus_nyud.pth.tar mtmamba_plus_nyud.pth
+    python scripts/convert_official_checkpoint.py mtmamba_cityscapes.pth.tar mtmamba_cityscapes.pth
     python scripts/convert_official_checkpoint.py --to-official runs/mtmamba_nyud/checkpoints/best.pth \\
         mtmamba_nyud_ours.pth.tar
 
@@ -39,7 +40,7 @@ from utils.official import (  # noqa: E402
 )
 
 # dataset -> the suffix of its config files (configs/<model>_<suffix>.yml)
-CONFIG_SUFFIX = {"NYUD": "nyud", "PASCALContext": "pascal"}
+CONFIG_SUFFIX = {"NYUD": "nyud", "PASCALContext": "pascal", "Cityscapes": "cityscapes"}
 
 
 def default_config(model_name: str, tasks: list[str]) -> Path:

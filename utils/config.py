@@ -30,6 +30,7 @@ __all__ = ["DATASET_TASKS", "DEFAULTS", "ConfigError", "load_config", "merge", "
 DATASET_TASKS: dict[str, dict[str, int]] = {
     "NYUD": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
     "PASCALContext": {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1},
+    "Cityscapes": {"semseg": 19, "depth": 1},      # depth = disparity (CITYSCAPES.md §1)
 }
 ALL_TASKS: tuple[str, ...] = tuple(dict.fromkeys(t for tasks in DATASET_TASKS.values() for t in tasks))
 
@@ -38,7 +39,7 @@ SCHEDULERS = ("poly",)
 AMP_MODES = (None, "bf16", "fp16")
 SAL_MAXF_MODES = ("invpt_compat", "atrc")     # the same tuple as evaluation.saliency.SAL_MAXF_MODES
 
-# Every key the code reads, with its default. The dataset bases (configs/_base_/{nyud,pascal}.yml) set the
+# Every key the code reads, with its default. The dataset bases (configs/_base_/{nyud,pascal,cityscapes}.yml) set the
 # dataset keys, configs/_base_/mtmamba.yml restates the model and recipe with the paper's references.
 DEFAULTS: dict[str, Any] = {
     # --- run -------------------------------------------------------------------------------------------------
@@ -46,16 +47,21 @@ DEFAULTS: dict[str, Any] = {
     "out_dir": "runs",               # parent folder of all run directories
     "seed": 0,                       # seeds torch/numpy/random and the data workers (rank offset added by the caller)
     # --- data ------------------------------------------------------------------------------------------------
-    "db_root": None,                 # folder holding NYUDv2/ and PASCALContext/; null -> $MTL_DATA_ROOT (data/)
-    "train_db_name": None,           # NYUD | PASCALContext (set by the dataset base file)
+    "db_root": None,                 # folder holding NYUDv2/, PASCALContext/, cityscapes_all/; null -> $MTL_DATA_ROOT
+    "train_db_name": None,           # NYUD | PASCALContext | Cityscapes (set by the dataset base file)
     "val_db_name": None,             # must equal train_db_name; null -> train_db_name
     "task_dictionary": {},           # {include_<task>: bool}; resolved into TASKS.NAMES / TASKS.NUM_OUTPUT
     "parts_cache_dir": None,         # PASCAL human-parts label cache; null -> next to the dataset
     "TRAIN": {
-        "SCALE": None,               # [H, W] training crop, also the encoder's img_size (set by the dataset base)
+        "SCALE": None,               # [H, W] training crop (Cityscapes: resize), also the encoder's img_size
     },
     "TEST": {
-        "SCALE": None,               # [H, W] test images are padded to this size, never resized
+        "SCALE": None,               # [H, W] test images are padded to this size (Cityscapes: resized to it)
+    },
+    "LABEL_SCALE": None,             # [H, W] of the label maps when it differs from the input (Cityscapes 1024x2048);
+                                     # predictions are resized to it (official IMAGE_ORI_SIZE); null -> input size
+    "cityscapes": {
+        "sky_label_id": 10,          # labelId whose disparity is set to 0: 10 (official; rail track) | 23 (the sky)
     },
     "trBatch": 1,                    # training batch per process (GPU)
     "valBatch": 1,                   # evaluation batch per process
@@ -79,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
         "loss_scheme": "log",        # sum: Σ w_t·L_t | log: Σ w_t·log(L_t + 1e-8) (official)
         "loss_weights": {t: 1.0 for t in ALL_TASKS},  # {task: w}; weights of tasks not trained are ignored
         "edge_w": 0.95,              # balanced BCE positive weight for edges
+        "depth_ignore_invalid": False,  # false: depth L1 ignores only 255 (official) | true: also GT <= 0 (Cityscapes)
     },
     # --- logging, checkpoints, evaluation ----------------------------------------------------------------------
     "log_interval": 20,              # iterations between training log lines / TensorBoard scalars
@@ -276,12 +283,14 @@ def _is_number(v: Any) -> bool:
 
 def _validate_values(cfg: dict) -> None:
     """Types, ranges and choices of the non-model keys; runs after the tasks are resolved."""
+    from data.cityscapes import SKY_LABEL_IDS
     from losses.multitask import LOSS_SCHEMES
 
     choices = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "amp": AMP_MODES,
                "loss_kwargs.loss_scheme": LOSS_SCHEMES, "sal_maxF_mode": SAL_MAXF_MODES,
                "eval_boundary": (True, False), "model.pretrained": (True, False),
-               "boundary_mode": ("fast", "exact", "proxy")}
+               "boundary_mode": ("fast", "exact", "proxy"), "loss_kwargs.depth_ignore_invalid": (True, False),
+               "cityscapes.sky_label_id": SKY_LABEL_IDS}
     for key, valid in choices.items():
         value = _get(cfg, key)
         # `1 in (True, False)` holds in Python, so booleans are compared by type as well
@@ -298,6 +307,11 @@ def _validate_values(cfg: dict) -> None:
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
             raise ConfigError(f"{key}={value!r} must be [height, width] in pixels (positive integers); "
                               f"the dataset base file sets it")
+    label_scale = cfg["LABEL_SCALE"]
+    if label_scale is not None and not (isinstance(label_scale, (list, tuple)) and len(label_scale) == 2
+                                        and all(_is_int(v) and v > 0 for v in label_scale)):
+        raise ConfigError(f"LABEL_SCALE={label_scale!r} must be null (labels at the input size) or [height, width] "
+                          f"in pixels (positive integers)")
     if not isinstance(cfg["version_name"], str) or not cfg["version_name"] or "/" in cfg["version_name"]:
         raise ConfigError(f"version_name={cfg['version_name']!r} must be a non-empty name without '/'")
     lr = cfg["optimizer_kwargs"].get("lr")

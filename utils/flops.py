@@ -90,11 +90,13 @@ def count_flops(model: nn.Module, input_size: Sequence[int], compute_scans: bool
     table share it. The scan op is counted by its handle from its input shapes, so by default it runs
     shape-only while fvcore traces (:func:`shapes_only`); ``compute_scans=True`` runs the real op and gives
     the same count. The model is traced in its reference execution (the official code's operations); the fast
-    execution computes the same function.
+    execution computes the same function. Predictions are resized to the model's ``output_size`` when it has one
+    (Cityscapes: to 1024×2048), and that upsampling is counted.
     """
     model = model.eval()
     size = tuple(input_size)
     encoder_flops, shapes = _encoder_flops(model.encoder, size, compute_scans)
     features = tuple(torch.zeros(s) for s in shapes)
     with exec_mode(model, "reference"):
-        return encoder_flops + _fvcore_total(_Decode(model, size), features, compute_scans)
+        out_size = getattr(model, "output_size", None) or size
+        return encoder_flops + _fvcore_total(_Decode(model, out_size), features, compute_scans)
