@@ -25,6 +25,7 @@ from scripts import model_stats
 from tests.engine.test_training import run_main
 from tests.test_official_checkpoints import (MANIFESTS, TINY, random_official_state_dict, randomize,
                                              ref_official_decode)
+from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, load_config
 from utils.flops import count_params
 from utils.official import (is_official_checkpoint, official_layout, official_model_name, official_tasks,
@@ -249,6 +250,12 @@ def test_main_trains_on_two_ranks_and_infers_from_the_official_format(tmp_path):
                     "--config_exp", config, "--opts", *TINY_CS])
     official = torch.load(tmp_path / "official.pth.tar", weights_only=True)
     assert official_tasks(official) == ["semseg", "depth"] and official_model_name(official) == "mtmamba_plus"
+    # and back, with the config found from the checkpoint's model and tasks
+    found = converter.convert(tmp_path / "official.pth.tar", tmp_path / "ours.pth", False, None, TINY_CS)
+    assert found == CONFIGS["mtmamba_plus"]
+    trained = load_checkpoint(run / "checkpoints" / "last.pth")["model"]
+    ours = torch.load(tmp_path / "ours.pth", weights_only=True)["model"]
+    assert list(ours) == list(trained) and all(torch.equal(ours[k], trained[k]) for k in trained)
     cli.main(["--run_mode", "infer", "--config_exp", config, "--trained_model", str(tmp_path / "official.pth.tar"),
               "--opts", *opts, f"out_dir={tmp_path / 'infer'}"])
     saved = json.loads((tmp_path / "infer" / "mtmamba_plus_cityscapes" / "metrics.json").read_text())
