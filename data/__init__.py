@@ -1,5 +1,5 @@
-"""Datasets (NYUDv2, PASCAL-Context; DDD17, DSEC-Semantic with events), transforms, collation and the DataLoader
-builder.
+"""Datasets (NYUDv2, PASCAL-Context, Cityscapes; DDD17, DSEC-Semantic with events), transforms, collation and the
+DataLoader builder.
 
 Import-light: the dataset modules load only when :func:`build_dataloaders` or :func:`build_dataset` runs.
 """
@@ -17,17 +17,19 @@ __all__ = ["DATASET_FOLDERS", "EVENT_DATASETS", "resolve_db_root", "build_datase
 _logger = logging.getLogger(__name__)
 
 # train_db_name -> folder the archive extracts to (DATA.md §0)
-DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext", "DDD17": "DDD17", "DSEC": "DSEC"}
+DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext", "Cityscapes": "cityscapes_all",
+                   "DDD17": "DDD17", "DSEC": "DSEC"}
 # frame + event datasets (MAMBASEG.md §5): no val split, the official code evaluates and selects on test
 EVENT_DATASETS = ("DDD17", "DSEC")
 
 
 def resolve_db_root(cfg: Any) -> Path:
-    """``cfg.db_root``, else ``$MTL_DATA_ROOT``; the folder that holds NYUDv2/ and PASCALContext/."""
+    """``cfg.db_root``, else ``$MTL_DATA_ROOT``; the folder that holds the dataset folders (:data:`DATASET_FOLDERS`)."""
     root = cfg.get("db_root") or os.environ.get("MTL_DATA_ROOT")
     if not root:
         raise ValueError("no dataset root: set db_root in the config (or --opts db_root=/path) or the "
-                         "environment variable MTL_DATA_ROOT to the folder holding NYUDv2/ and PASCALContext/")
+                         "environment variable MTL_DATA_ROOT to the folder holding the dataset folders "
+                         f"({', '.join(f'{v}/' for v in DATASET_FOLDERS.values())})")
     return Path(root).expanduser().resolve()
 
 
@@ -43,6 +45,9 @@ def build_dataset(cfg: Any, split: str, transform: Optional[Any] = None):
     if name == "NYUD":
         from data.nyud import NYUDv2
         return NYUDv2(root, split, tasks, transform=transform)
+    if name == "Cityscapes":
+        from data.cityscapes import Cityscapes
+        return Cityscapes(root, split, tasks, transform=transform, sky_label_id=cfg.cityscapes.sky_label_id)
     from data.pascal_context import PASCALContext
     return PASCALContext(root, split, tasks, transform=transform, parts_cache_dir=cfg.get("parts_cache_dir"))
 
@@ -58,15 +63,18 @@ def _build_event_dataset(cfg: Any, name: str, root: Path, split: str, transform:
 
 
 def build_transforms(cfg: Any, split: str, seed: Optional[int] = None):
-    """The sample pipeline of ``cfg.train_db_name`` for ``split``: DATA.md §4 for NYUD / PASCAL-Context (crop
-    ``TRAIN.SCALE``, test padding ``TEST.SCALE``), MAMBASEG.md §5 for the event datasets (crop ``TRAIN.SCALE``)."""
+    """The sample pipeline of ``cfg.train_db_name`` for ``split``: DATA.md §4 for NYUD / PASCAL-Context (crop and
+    augment to ``TRAIN.SCALE``, test padding to ``TEST.SCALE``); Cityscapes resizes the image and keeps the labels,
+    with no augmentation (CITYSCAPES.md §1); MAMBASEG.md §5 for the event datasets (crop ``TRAIN.SCALE``)."""
+    train = split == "train"
     if cfg.train_db_name in EVENT_DATASETS:
         from data.event_transforms import event_test_transforms, event_train_transforms
-        if split == "train":
-            return event_train_transforms(cfg.train_db_name, cfg.TRAIN.SCALE, seed=seed)
-        return event_test_transforms()
-    from data.transforms import test_transforms, train_transforms
-    return train_transforms(cfg.TRAIN.SCALE, seed=seed) if split == "train" else test_transforms(cfg.TEST.SCALE)
+        return event_train_transforms(cfg.train_db_name, cfg.TRAIN.SCALE, seed=seed) if train else \
+            event_test_transforms()
+    from data.transforms import resize_transforms, test_transforms, train_transforms
+    if cfg.train_db_name == "Cityscapes":
+        return resize_transforms(cfg.TRAIN.SCALE if train else cfg.TEST.SCALE)
+    return train_transforms(cfg.TRAIN.SCALE, seed=seed) if train else test_transforms(cfg.TEST.SCALE)
 
 
 def seed_worker(worker_id: int) -> None:

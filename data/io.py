@@ -13,7 +13,7 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 
 __all__ = ["DatasetError", "check_root", "read_split", "check_labels", "decode", "read_image", "read_png",
-           "read_npy", "read_mat", "check_size", "check_tasks"]
+           "read_png16", "read_npy", "read_mat", "check_size", "check_tasks"]
 
 T = TypeVar("T")
 
@@ -95,6 +95,17 @@ def read_png(path: Path, channels: int) -> np.ndarray:
     if arr.ndim != want or (channels == 3 and arr.shape[2] != 3) or arr.dtype != np.uint8:
         raise ValueError(f"expected an 8-bit {'single-channel' if channels == 1 else 'RGB'} PNG, "
                          f"got array {arr.dtype} {arr.shape}")
+    return arr
+
+
+def read_png16(path: Path) -> np.ndarray:
+    """16-bit single-channel PNG as uint16 H×W, read unchanged (OpenCV ``IMREAD_UNCHANGED``)."""
+    import cv2
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError("not a readable image")
+    if arr.ndim != 2 or arr.dtype != np.uint16:
+        raise ValueError(f"expected a 16-bit single-channel PNG, got array {arr.dtype} {arr.shape}")
     return arr
 
 

@@ -1,4 +1,5 @@
-"""Miniature NYUDv2 and PASCAL-Context datasets written in exactly the released formats (DATA.md §6).
+"""Miniature NYUDv2, PASCAL-Context and Cityscapes datasets written in exactly the released formats (DATA.md §6,
+CITYSCAPES.md §1).
 
 The maps are built from tiles and lines, so boundaries, every class, every human-parts case and the
 normals-valid/invalid Context ids occur. Used by the tests, the demo and ``scripts/bench_data.py``.
@@ -10,12 +11,16 @@ import os
 from pathlib import Path
 import numpy as np
 
-__all__ = ["write_nyud", "write_pascal", "NYUD_DEFAULT_SIZE", "PASCAL_DEFAULT_SIZE"]
+__all__ = ["write_nyud", "write_pascal", "write_cityscapes", "NYUD_DEFAULT_SIZE", "PASCAL_DEFAULT_SIZE",
+           "CITYSCAPES_DEFAULT_SIZE"]
 
 _logger = logging.getLogger(__name__)
 
 NYUD_DEFAULT_SIZE = (85, 112)      # 1/5 of the released 425×560; any size ≤ 448×576 keeps val batchable
 PASCAL_DEFAULT_SIZE = (75, 100)    # orientation alternates per id (H×W, W×H); released images are ≤ 500
+CITYSCAPES_DEFAULT_SIZE = (64, 128)  # 1/16 of the released 1024×2048 (then TRAIN.SCALE 32×64 keeps the 1/2 ratio)
+CITYSCAPES_NUM_LABEL_IDS = 34      # gtFine labelIds 0..33
+CITYSCAPES_CITIES = {"train": ("aachen", "bochum"), "val": ("frankfurt", "lindau")}
 NYUD_NUM_LABELS = 41               # stored 0 (void) .. 40
 PASCAL_NUM_CLASSES = 21            # 0 background .. 20
 # DATA.md §6.2: normals-valid Context ids (person, tvmonitor, chair, car, wall, floor, table, sofa, dog, cat)
@@ -173,4 +178,40 @@ def write_pascal(out: str | os.PathLike, n_train: int = 4, n_val: int = 2,
                   root / "sal_distill" / f"{img_id}.png")
         scipy.io.savemat(root / "human_parts" / f"{img_id}.mat", {"anno": _anno(img_id, hw, case)})
     _logger.info("wrote synthetic PASCALContext (%d train, %d val) to %s", n_train, n_val, root)
+    return root
+
+
+def write_cityscapes(out: str | os.PathLike, n_train: int = 4, n_val: int = 2,
+                     size: tuple[int, int] = CITYSCAPES_DEFAULT_SIZE, seed: int = 0) -> Path:
+    """Write ``<out>/cityscapes_all`` (CITYSCAPES.md §1); returns that folder.
+
+    Each split spreads its images over two cities (``<city>/<city>_<seq>_<frame>_leftImg8bit.png``), written in
+    reverse order so that only a sorted listing gives ``sorted`` ids. gtFine labelIds tiles cycle through 0..33
+    (10 = rail track and 23 = sky included); the 16-bit disparity is a ramp from 1 to 30000 (disparities 0 to
+    ~117, so both sides of the evaluation cap 80 occur) with an invalid (0) patch.
+    """
+    import cv2
+
+    root = Path(out) / "cityscapes_all"
+    rng = np.random.default_rng(seed)
+    h, w = size
+    k = 0
+    for split, count in (("train", n_train), ("val", n_val)):
+        cities = CITYSCAPES_CITIES[split]
+        for n in reversed(range(count)):
+            city = cities[n % len(cities)]
+            stem = f"{city}_{n:06d}_{19 * n + 3:06d}"
+            folders = {name: root / name / split / city for name in ("leftImg8bit", "gtFine", "disparity")}
+            for folder in folders.values():
+                folder.mkdir(parents=True, exist_ok=True)
+            label = _tiles(size, CITYSCAPES_NUM_LABEL_IDS, offset=7 * k).astype(np.uint8)
+            _save_png(_image(label, rng), folders["leftImg8bit"] / f"{stem}_leftImg8bit.png")
+            _save_png(label, folders["gtFine"] / f"{stem}_gtFine_labelIds.png")
+            ramp = np.linspace(1, 30000, h * w).reshape(h, w) + 37 * label
+            disparity = np.clip(ramp, 1, 65535).astype(np.uint16)
+            disparity[h // 4: h // 2, w // 8: w // 4] = 0          # no measurement
+            if not cv2.imwrite(str(folders["disparity"] / f"{stem}_disparity.png"), disparity):   # 16-bit PNG
+                raise OSError(f"cannot write {folders['disparity'] / f'{stem}_disparity.png'}")
+            k += 1
+    _logger.info("wrote synthetic Cityscapes (%d train, %d val, %dx%d) to %s", n_train, n_val, h, w, root)
     return root

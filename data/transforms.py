@@ -1,4 +1,5 @@
-"""Sample transforms: the training and test pipelines of DATA.md §4.1 and §4.2.
+"""Sample transforms: the training and test pipelines of DATA.md §4.1 and §4.2, and the resize-only pipeline of
+the Cityscapes protocol (CITYSCAPES.md §1).
 
 A sample is ``{image: H×W×3 float32 0..255, <task>: H×W×C float32, meta: {...}}``. Every transform is a
 callable ``t(sample, rng) -> sample``; the random ones draw only from ``rng`` (a ``numpy.random.Generator``)
@@ -16,8 +17,8 @@ import torch
 from data.io import DatasetError
 
 __all__ = ["Compose", "RandomScaling", "RandomCrop", "RandomHorizontalFlip", "PhotoMetricDistortion",
-           "Normalize", "PadImage", "AddIgnoreRegions", "ToTensor", "PAD_VALUES", "IGNORE",
-           "train_transforms", "test_transforms"]
+           "Normalize", "PadImage", "AddIgnoreRegions", "ToTensor", "ResizeImage", "PAD_VALUES", "IGNORE",
+           "train_transforms", "test_transforms", "resize_transforms"]
 
 IGNORE = 255
 # DATA.md §4.1 step 6: padding fill per key (image in normalised space).
@@ -305,6 +306,31 @@ class ToTensor:
         return "ToTensor()"
 
 
+class ResizeImage:
+    """Resize the image, and only the image, to ``size`` with PIL's bilinear filter (antialiased when shrinking);
+    the labels keep their stored size (CITYSCAPES.md §1: 1024×2048 images enter the model at 512×1024).
+
+    The image is resized as 8-bit RGB, as the official loader does; an image already at ``size`` is left as is.
+
+    Args:
+        size: (h, w) of the resized image.
+    """
+
+    def __init__(self, size: Sequence[int]) -> None:
+        self.size = (int(size[0]), int(size[1]))
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        from PIL import Image
+        h, w = self.size
+        if tuple(sample["image"].shape[:2]) != (h, w):
+            img = Image.fromarray(np.clip(sample["image"], 0, 255).astype(np.uint8))
+            sample["image"] = np.asarray(img.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"ResizeImage({self.size})"
+
+
 def train_transforms(size: Sequence[int], seed: Optional[int] = None) -> Compose:
     """Training pipeline (DATA.md §4.1) for template ``size`` = (h, w), e.g. ``cfg.TRAIN.SCALE``."""
     return Compose([RandomScaling(0.5, 2.0), RandomCrop(size, cat_max_ratio=0.75), RandomHorizontalFlip(0.5),
@@ -315,3 +341,9 @@ def train_transforms(size: Sequence[int], seed: Optional[int] = None) -> Compose
 def test_transforms(size: Sequence[int]) -> Compose:
     """Validation/test pipeline (DATA.md §4.2): no resizing, images padded to ``size`` (e.g. ``cfg.TEST.SCALE``)."""
     return Compose([Normalize(), PadImage(size), AddIgnoreRegions(), ToTensor()])
+
+
+def resize_transforms(size: Sequence[int]) -> Compose:
+    """Train and test pipeline of the Cityscapes protocol (CITYSCAPES.md §1): the image resized to ``size``, labels
+    at their stored size, no augmentation and no ignore rule (its invalid disparities −1 and 0 stay as they are)."""
+    return Compose([ResizeImage(size), Normalize(), ToTensor()])

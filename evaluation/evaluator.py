@@ -27,8 +27,8 @@ from evaluation.saliency import SaliencyMeter
 from utils.distributed import all_gather_object, all_reduce_state, is_main_process
 from utils.fileio import write_png
 
-__all__ = ["HEADLINE_METRICS", "Evaluation", "build_meters", "evaluate", "save_prediction_maps", "metrics_table",
-           "infer"]
+__all__ = ["HEADLINE_METRICS", "DEPTH_VALID_RANGES", "Evaluation", "build_meters", "evaluate", "save_prediction_maps",
+           "metrics_table", "infer"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ HEADLINE_METRICS: dict[str, tuple[str, bool]] = {
 }
 
 
+# datasets whose depth metric counts exactly the pixels with lo < GT < hi (Cityscapes disparity, CITYSCAPES.md §1);
+# elsewhere GT 0 and 255 are invalid (EVALUATION.md §5)
+DEPTH_VALID_RANGES: dict[str, tuple[float, float]] = {"Cityscapes": (0.0, 80.0)}
+
+
 def build_meters(cfg: Any) -> dict[str, Meter]:
     """One meter per task with a dense metric. Edges are scored by the boundary benchmark, not by a meter."""
     n_out = cfg.TASKS.NUM_OUTPUT
@@ -47,7 +52,7 @@ def build_meters(cfg: Any) -> dict[str, Meter]:
         "human_parts": lambda: MIoUMeter(n_out["human_parts"]),
         "sal": lambda: SaliencyMeter(cfg.get("sal_maxF_mode", "invpt_compat")),
         "normals": NormalsMeter,
-        "depth": DepthMeter,
+        "depth": lambda: DepthMeter(valid_range=DEPTH_VALID_RANGES.get(cfg.val_db_name)),
     }
     return {t: factories[t]() for t in cfg.TASKS.NAMES if t in factories}
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .tasks import (BalancedBCEWithLogitsLoss, BalancedCrossEntropyLoss, CrossEntropyLoss, DepthL1Loss,
-                    NormalsL1Loss)
+from .tasks import (IGNORE_INDEX, BalancedBCEWithLogitsLoss, BalancedCrossEntropyLoss, CrossEntropyLoss,
+                    DepthL1Loss, NormalsL1Loss)
 
 __all__ = ["LOSS_SCHEMES", "LOG_EPS", "LOAD_BALANCE_KEY", "MultiTaskLoss", "build_task_loss", "build_loss"]
 
@@ -104,7 +104,8 @@ def _get(obj: Any, key: str, where: str) -> Any:
 
 
 def build_task_loss(task: str, loss_kwargs: Mapping[str, Any]) -> nn.Module:
-    """The §4 loss module of one task; ``loss_kwargs`` is ``cfg.loss_kwargs`` (``edge_w`` for edges)."""
+    """The §4 loss module of one task; ``loss_kwargs`` is ``cfg.loss_kwargs`` (``edge_w`` for edges,
+    ``depth_ignore_invalid`` for depth)."""
     if task in ("semseg", "human_parts"):
         return CrossEntropyLoss()
     if task == "sal":
@@ -113,8 +114,9 @@ def build_task_loss(task: str, loss_kwargs: Mapping[str, Any]) -> nn.Module:
         return BalancedBCEWithLogitsLoss(pos_weight=_get(loss_kwargs, "edge_w", "loss_kwargs."))
     if task == "normals":
         return NormalsL1Loss()
-    if task == "depth":
-        return DepthL1Loss()
+    if task == "depth":   # official: only 255 is ignored; depth_ignore_invalid also masks GT <= 0 (Cityscapes)
+        return DepthL1Loss(ignore_values=(IGNORE_INDEX,),
+                           ignore_nonpositive=bool(loss_kwargs.get("depth_ignore_invalid", False)))
     raise ValueError(f"no loss defined for task {task!r}; valid tasks: "
                      "['semseg', 'human_parts', 'sal', 'edge', 'normals', 'depth']")
 

@@ -207,17 +207,22 @@ class NormalsL1Loss(nn.Module):
 class DepthL1Loss(nn.Module):
     """L1 depth loss over the valid pixels (depth; MODELS.md §4).
 
-    loss = Σ_{valid p} |pred_p − d_p| / #valid, valid ⇔ d_p ∉ ``ignore_values``. The default ignores both
-    255 (MTMamba maps depth 0 → 255 in AddIgnoreRegions, and pads with 0 before that) and 0 (PAME ignores 0
-    directly; a depth of 0 is never a valid measurement), so either data convention gives the same loss.
+    loss = Σ_{valid p} |pred_p − d_p| / #valid, valid ⇔ d_p ∉ ``ignore_values`` (and d_p > 0 with
+    ``ignore_nonpositive``). The default ignores both 255 (MTMamba maps depth 0 → 255 in AddIgnoreRegions, and pads
+    with 0 before that) and 0 (PAME ignores 0 directly; a depth of 0 is never a valid measurement), so either data
+    convention gives the same loss. The official Cityscapes loss ignores only 255, so its invalid disparities
+    (−1, and 0 on labelId 10) are trained on; ``ignore_nonpositive`` masks them (config
+    ``loss_kwargs.depth_ignore_invalid``).
 
     Args:
         ignore_values: GT values that mark invalid pixels.
+        ignore_nonpositive: also ignore every pixel whose GT is ≤ 0.
     """
 
-    def __init__(self, ignore_values: Iterable[float] = (IGNORE_INDEX, 0.0)) -> None:
+    def __init__(self, ignore_values: Iterable[float] = (IGNORE_INDEX, 0.0), ignore_nonpositive: bool = False) -> None:
         super().__init__()
         self.ignore_values = tuple(float(v) for v in ignore_values)
+        self.ignore_nonpositive = bool(ignore_nonpositive)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         """pred (B, 1, H, W); target (B, 1, H, W) or (B, H, W) depth in metres."""
@@ -229,8 +234,10 @@ class DepthL1Loss(nn.Module):
         valid = torch.ones_like(target, dtype=torch.bool)
         for v in self.ignore_values:
             valid &= target != v
+        if self.ignore_nonpositive:
+            valid &= target > 0
         gt = torch.where(valid, target, torch.zeros_like(target)).to(pred.dtype)
         return _masked_mean((pred - gt).abs(), valid, valid.sum())
 
     def extra_repr(self) -> str:
-        return f"ignore_values={self.ignore_values}"
+        return f"ignore_values={self.ignore_values}, ignore_nonpositive={self.ignore_nonpositive}"

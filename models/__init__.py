@@ -16,9 +16,13 @@ __all__ = ["MODEL_REGISTRY", "build_model", "register_model"]
 
 def build_model(cfg) -> nn.Module:
     """Build the multi-task model described by a loaded config, set to its execution mode (``model.exec``) and
-    gradient checkpointing (``model.grad_ckpt``). ``model.compile`` is applied by the caller, on the device."""
+    gradient checkpointing (``model.grad_ckpt``), its predictions at the label size (``LABEL_SCALE``, null: the
+    input size). ``model.compile`` is applied by the caller, on the device."""
     name = cfg.model.name
     if name not in MODEL_REGISTRY:
         raise KeyError(f"model.name={name!r} is not a registered model; valid: {sorted(MODEL_REGISTRY)}")
-    model = set_exec_mode(MODEL_REGISTRY[name](cfg), cfg.model.exec)
+    model = MODEL_REGISTRY[name](cfg)
+    if cfg.get("LABEL_SCALE"):
+        model.output_size = tuple(int(v) for v in cfg.LABEL_SCALE)
+    model = set_exec_mode(model, cfg.model.exec)
     return enable_grad_checkpointing(model, cfg.model.grad_ckpt) if cfg.model.grad_ckpt else model

@@ -29,27 +29,32 @@ class TaskHead(nn.Module):
 
 
 class MultiTaskModel(nn.Module):
-    """Encoder -> decoder -> one head per task; predictions are resized to the input size.
+    """Encoder -> decoder -> one head per task; predictions are resized to ``output_size``, by default the input size.
 
     Args:
         encoder: returns a list of NCHW features, shallowest first, and exposes ``channels``.
         decoder: maps the features to ``{task: (B, H/4, W/4, C)}``.
         heads: ``{task: head}``.
+        output_size: (H, W) of the predictions when the labels are not at the input size (config ``LABEL_SCALE``,
+            the official ``IMAGE_ORI_SIZE``: Cityscapes images enter at 512×1024, labels stay 1024×2048); the
+            head outputs are resized to it in one bilinear step, as in the official model. None: the input size.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, heads: Mapping[str, nn.Module]) -> None:
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, heads: Mapping[str, nn.Module],
+                 output_size: Sequence[int] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.heads = nn.ModuleDict(heads)
+        self.output_size = None if output_size is None else tuple(int(v) for v in output_size)
 
     @property
     def tasks(self) -> list[str]:
         return list(self.heads.keys())
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 3, H, W) -> ``{task: (B, n_t, H, W)}`` logits."""
-        return self.decode(self.encoder(image), image.shape[-2:])
+        """(B, 3, H, W) -> ``{task: (B, n_t, *output_size)}`` logits (``output_size`` None: (H, W))."""
+        return self.decode(self.encoder(image), self.output_size or image.shape[-2:])
 
     def decode(self, features: list[torch.Tensor], size: Sequence[int]) -> dict[str, torch.Tensor]:
         """Encoder features -> ``{task: (B, n_t, *size)}`` logits."""

@@ -3,6 +3,7 @@
 official format.
 
     python scripts/convert_official_checkpoint.py mtmamba_plus_nyud.pth.tar mtmamba_plus_nyud.pth
+    python scripts/convert_official_checkpoint.py mtmamba_cityscapes.pth.tar mtmamba_cityscapes.pth
     python scripts/convert_official_checkpoint.py --to-official runs/mtmamba_nyud/checkpoints/best.pth \\
         mtmamba_nyud_ours.pth.tar
     python scripts/convert_official_checkpoint.py PAME_pascal.pth.tar pame_pascal.pth      # PAMM (utils/official_pamm)
@@ -53,7 +54,7 @@ from utils.official import (  # noqa: E402
 )
 
 # dataset -> the suffix of its config files (configs/<model>_<suffix>.yml)
-CONFIG_SUFFIX = {"NYUD": "nyud", "PASCALContext": "pascal"}
+CONFIG_SUFFIX = {"NYUD": "nyud", "PASCALContext": "pascal", "Cityscapes": "cityscapes"}
 # dataset -> the config of the released PAMM model
 PAMM_CONFIGS = {"NYUD": "ablations/pame_code_faithful.yml", "PASCALContext": "ablations/pame_code_faithful_pascal.yml"}
 

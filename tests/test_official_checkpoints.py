@@ -59,13 +59,15 @@ def tiny_model(config, seed=0, opts=()):
 
 
 def random_official_state_dict(name, seed=0):
-    """Exactly the keys, order, shapes and dtypes of a released file, with random values.
+    """Exactly the keys, order, shapes and dtypes of a released file (``name`` of a manifest, or a manifest), with
+    random values.
 
     Every float tensor is a view of one random pool at its own offset (different tensors hold different values at
     no memory cost); the relative-position indices are mmseg's (its formula in tests/test_encoders), the BatchNorm
     counters random integers.
     """
-    entries, ints = MANIFESTS[name]["entries"], MANIFESTS[name]["non_float32"]
+    manifest = MANIFESTS[name] if isinstance(name, str) else name
+    entries, ints = manifest["entries"], manifest["non_float32"]
     g = torch.Generator().manual_seed(seed)
     pool = torch.randn(max(math.prod(s) for _, s in entries) + len(entries), generator=g)
     offsets = torch.randperm(len(entries), generator=g).tolist()

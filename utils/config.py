@@ -31,6 +31,7 @@ __all__ = ["DATASET_TASKS", "DEFAULTS", "ConfigError", "load_config", "config_fr
 DATASET_TASKS: dict[str, dict[str, int]] = {
     "NYUD": {"semseg": 40, "depth": 1, "normals": 3, "edge": 1},
     "PASCALContext": {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1},
+    "Cityscapes": {"semseg": 19, "depth": 1},      # depth = disparity (CITYSCAPES.md §1)
     "DDD17": {"semseg": 6},
     "DSEC": {"semseg": 11},
 }
@@ -41,8 +42,8 @@ AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bf
 AMP_MODES = tuple(AMP_DTYPES)
 SAL_MAXF_MODES = ("invpt_compat", "atrc")     # the same tuple as evaluation.saliency.SAL_MAXF_MODES
 
-# Every key the code reads, with its default. The dataset bases (configs/_base_/{nyud,pascal}.yml) set the
-# dataset keys, configs/_base_/mtmamba.yml restates the model and recipe with the paper's references.
+# Every key the code reads, with its default. The dataset bases (configs/_base_/<dataset>.yml) set the dataset keys,
+# configs/_base_/mtmamba.yml restates the model and recipe with the paper's references.
 DEFAULTS: dict[str, Any] = {
     # --- run -------------------------------------------------------------------------------------------------
     "version_name": None,            # run name, run dir = out_dir/version_name; default: the config file's stem
@@ -50,16 +51,21 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,                       # seeds torch/numpy/random and the data workers (rank offset added by the caller)
     "dist_timeout": 1800,            # seconds a rank waits for the others in a collective before the run fails
     # --- data ------------------------------------------------------------------------------------------------
-    "db_root": None,                 # folder holding NYUDv2/ and PASCALContext/; null -> $MTL_DATA_ROOT (data/)
-    "train_db_name": None,           # NYUD | PASCALContext (set by the dataset base file)
+    "db_root": None,                 # folder holding the dataset folders (data/DATASET_FOLDERS); null -> $MTL_DATA_ROOT
+    "train_db_name": None,           # a key of DATASET_TASKS (set by the dataset base file)
     "val_db_name": None,             # must equal train_db_name; null -> train_db_name
     "task_dictionary": {},           # {include_<task>: bool}; resolved into TASKS.NAMES / TASKS.NUM_OUTPUT
     "parts_cache_dir": None,         # PASCAL human-parts label cache; null -> next to the dataset
     "TRAIN": {
-        "SCALE": None,               # [H, W] training crop, also the encoder's img_size (set by the dataset base)
+        "SCALE": None,               # [H, W] training crop (Cityscapes: resize), also the encoder's img_size
     },
     "TEST": {
-        "SCALE": None,               # [H, W] test images are padded to this size, never resized
+        "SCALE": None,               # [H, W] test images are padded to this size (Cityscapes: resized to it)
+    },
+    "LABEL_SCALE": None,             # [H, W] of the label maps when it differs from the input (Cityscapes 1024x2048);
+                                     # predictions are resized to it (official IMAGE_ORI_SIZE); null -> input size
+    "cityscapes": {
+        "sky_label_id": 10,          # labelId whose disparity is set to 0: 10 (official; rail track) | 23 (the sky)
     },
     "trBatch": 1,                    # training batch per process (GPU)
     "valBatch": 1,                   # evaluation batch per process
@@ -87,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
         "loss_scheme": "log",        # sum: Σ w_t·L_t | log: Σ w_t·log(L_t + 1e-8) (official)
         "loss_weights": {t: 1.0 for t in ALL_TASKS},  # {task: w}; weights of tasks not trained are ignored
         "edge_w": 0.95,              # balanced BCE positive weight for edges
+        "depth_ignore_invalid": False,  # false: depth L1 ignores only 255 (official) | true: also GT <= 0 (Cityscapes)
     },
     # --- logging, checkpoints, evaluation ----------------------------------------------------------------------
     "log_interval": 20,              # iterations between training log lines / TensorBoard scalars
@@ -323,6 +330,7 @@ def _is_number(v: Any) -> bool:
 
 def _validate_values(cfg: dict) -> None:
     """Types, ranges and choices of the non-model keys; runs after the tasks are resolved."""
+    from data.cityscapes import SKY_LABEL_IDS
     from losses.multitask import LOSS_SCHEMES
 
     from utils.optim import OPTIMIZERS, SCHEDULERS, check_optimizer_kwargs
@@ -330,7 +338,8 @@ def _validate_values(cfg: dict) -> None:
     choices = {"optimizer": tuple(OPTIMIZERS), "scheduler": SCHEDULERS, "amp": AMP_MODES,
                "loss_kwargs.loss_scheme": LOSS_SCHEMES, "sal_maxF_mode": SAL_MAXF_MODES,
                "eval_boundary": (True, False), "model.pretrained": (True, False),
-               "boundary_mode": ("fast", "exact", "proxy")}
+               "boundary_mode": ("fast", "exact", "proxy"), "loss_kwargs.depth_ignore_invalid": (True, False),
+               "cityscapes.sky_label_id": SKY_LABEL_IDS}
     for key, valid in choices.items():
         value = _get(cfg, key)
         # `1 in (True, False)` holds in Python, so booleans are compared by type as well
@@ -351,6 +360,11 @@ def _validate_values(cfg: dict) -> None:
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v) and v > 0 for v in value)):
             raise ConfigError(f"{key}={value!r} must be [height, width] in pixels (positive integers); "
                               f"the dataset base file sets it")
+    label_scale = cfg["LABEL_SCALE"]
+    if label_scale is not None and not (isinstance(label_scale, (list, tuple)) and len(label_scale) == 2
+                                        and all(_is_int(v) and v > 0 for v in label_scale)):
+        raise ConfigError(f"LABEL_SCALE={label_scale!r} must be null (labels at the input size) or [height, width] "
+                          f"in pixels (positive integers)")
     name = cfg["version_name"]
     if not isinstance(name, str) or name.strip(".") == "" or any(c in name for c in "/\\\0"):
         raise ConfigError(f"version_name={name!r} must be a folder name inside out_dir: not empty, not '.' or '..', "

@@ -91,7 +91,8 @@ def count_flops(model: nn.Module, input_size: Sequence[int], compute_scans: bool
     shape-only while fvcore traces (:func:`shapes_only`); ``compute_scans=True`` runs the real op and gives
     the same count. The model is traced in its reference execution (the official code's operations); the fast
     execution computes the same function. A model with several inputs (``example_inputs``, e.g. MambaSeg's frame and
-    events) is traced whole, on its own example inputs of ``input_size``.
+    events) is traced whole, on its own example inputs of ``input_size``. Predictions are resized to the model's
+    ``output_size`` when it has one (Cityscapes: to 1024×2048), and that upsampling is counted.
     """
     model = model.eval()
     size = tuple(input_size)
@@ -104,4 +105,5 @@ def count_flops(model: nn.Module, input_size: Sequence[int], compute_scans: bool
     encoder_flops, shapes = _encoder_flops(model.encoder, size, compute_scans)
     features = tuple(torch.zeros(s) for s in shapes)
     with exec_mode(model, "reference"):
-        return encoder_flops + _fvcore_total(_Decode(model, size), features, compute_scans)
+        out_size = getattr(model, "output_size", None) or size
+        return encoder_flops + _fvcore_total(_Decode(model, out_size), features, compute_scans)

@@ -1,10 +1,11 @@
 """The released MTMamba / MTMamba++ checkpoints ("official format") and our state dicts, both ways.
 
-The official files (``mtmamba_{nyud,pascal}.pth.tar``, ``mtmamba_plus_{nyud,pascal}.pth.tar``) are
-``{'model': state_dict}`` saved from the DDP-wrapped model of the official code, so every key starts with
+The official files (``mtmamba_{nyud,pascal,cityscapes}.pth.tar``, ``mtmamba_plus_{nyud,pascal,cityscapes}.pth.tar``)
+are ``{'model': state_dict}`` saved from the DDP-wrapped model of the official code, so every key starts with
 ``module.``. The backbone is mmseg's Swin (``module.backbone.<mmseg name>``, with the persistent
 ``relative_position_index`` buffers), the decoder has the official module names (PERFORMANCE.md §1.4, MODELS.md
-§1.8; every key and shape of the four files is listed in tests/assets/official_state_dict_manifests.json).
+§1.8; every key and shape of the four NYUD/PASCAL files is listed in tests/assets/official_state_dict_manifests.json,
+and the two Cityscapes files (673 and 663 keys, semseg + depth) follow from the NYUD lists, CITYSCAPES.md §3).
 
 The mapping is the official key layout of a built model, :func:`official_layout`: one ``(official key, our key)``
 pair per official entry, in the official order. Backbone names go through the mmseg <-> timm Swin conversion of
@@ -313,7 +314,8 @@ def config_for_checkpoint(cfg: Any, checkpoint: Mapping[str, Any]) -> Any:
         if kind != cfg.model.name:
             raise CheckpointError(f"the checkpoint is an official {OFFICIAL_MODELS[kind]} checkpoint but the config "
                                   f"has model.name={cfg.model.name!r}; use a config with model.name={kind!r}, e.g. "
-                                  f"configs/{kind}_nyud.yml or configs/{kind}_pascal.yml")
+                                  f"configs/{kind}_nyud.yml, configs/{kind}_pascal.yml or "
+                                  f"configs/{kind}_cityscapes.yml")
         if set(tasks) != set(cfg.TASKS.NAMES):
             raise CheckpointError(f"the official checkpoint was trained for tasks {tasks}, the config selects "
                                   f"{list(cfg.TASKS.NAMES)} (train_db_name={cfg.train_db_name})")

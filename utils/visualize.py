@@ -129,7 +129,8 @@ def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[s
     Args:
         image: normalised input batch ``(B, 3, H, W)``.
         preds: ``{task: (B, n, h, w)}`` raw outputs; resized bilinearly to ``(H, W)`` when their size differs.
-        batch: the loader's batch; ``batch[task]`` ``(B, C, H, W)`` is the target. Without it the row is
+        batch: the loader's batch; ``batch[task]`` ``(B, C, h, w)`` is the target, resized (nearest) to ``(H, W)``
+            when its size differs (Cityscapes labels are 1024×2048, inputs 512×1024). Without it the row is
             ``input | prediction``.
         tasks: the tasks to draw.
         max_items: the first ``max_items`` items of the batch are drawn.
@@ -143,6 +144,9 @@ def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[s
         if tuple(pred.shape[-2:]) != size:
             pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
         target = batch.get(task) if isinstance(batch, Mapping) else None
+        if target is not None and tuple(target.shape[-2:]) != size:
+            target = F.interpolate(target.float().reshape(-1, 1, *target.shape[-2:]), size=size, mode="nearest")
+            target = target.reshape(image.shape[0], -1, *size)
         rows = []
         for i in range(n_items):
             depth_range = _valid_range(target[i]) if task == "depth" and target is not None else (None, None)

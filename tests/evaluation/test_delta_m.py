@@ -43,7 +43,7 @@ def test_proxy_and_missing_baseline():
     assert p.proxy and p.excluded == ("edge",) and "proxy" in p.label
     assert p.value == pytest.approx((2.7614 + 1.9357 + 3.0193) / 3, abs=1e-3)
     assert default_baseline("PASCALContext") is None
-    assert "no single-task baseline" in format_delta_m("PASCALContext")
+    assert "n/a (no published single-task baseline)" in format_delta_m("PASCALContext")
     line = format_delta_m("NYUD", _results(55.82, 0.5066, 18.63, 78.70))
     assert "+2.38" in line and "proxy" not in line
     assert "proxy" in format_delta_m("NYUD", _results(55.82, 0.5066, 18.63, 78.70), proxy=True)
