@@ -1,14 +1,15 @@
 """Surface-normal angular errors pooled over all valid pixels of the split (EVALUATION.md §6).
 
 Valid pixels: all three GT channels ≠ ``ignore_value`` (255). A GT vector of exactly zero is also skipped (the data
-layer maps it to 255; skipping it here avoids an undefined angle). Both vectors are L2-normalised and
-θ = 2·atan2(‖p̂ − ĝ‖, ‖p̂ + ĝ‖), the stable form of arccos(p̂·ĝ).
+layer maps it to 255; skipping it here avoids an undefined angle). Both vectors are L2-normalised (the prediction
+twice, as in the official pipeline) and θ = 2·atan2(‖p̂ − ĝ‖, ‖p̂ + ĝ‖), the stable form of arccos(p̂·ĝ).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from evaluation.base import Meter, as_tensor
 
@@ -54,7 +55,10 @@ class NormalsMeter(Meter):
         gt = gt.permute(0, 2, 3, 1).reshape(-1, 3)
         valid = (gt != self.ignore_value).all(dim=1) & (gt != 0).any(dim=1)
         p, g = pred[valid], gt[valid]
-        p = p / p.norm(dim=1, keepdim=True).clamp(min=_EPS)
+        # the official pipeline normalises the prediction twice (the model's output, then the meter), each with
+        # F.normalize's eps: a vector shorter than eps comes out of the first pass shorter than 1 and of the second
+        # as a unit vector in its own direction (0° for a tiny vector along the GT, not the 78.6° of one pass)
+        p = F.normalize(F.normalize(p, dim=1, eps=_EPS), dim=1, eps=_EPS)
         g = g / g.norm(dim=1, keepdim=True)
         theta = torch.rad2deg(2.0 * torch.atan2((p - g).norm(dim=1), (p + g).norm(dim=1)))
         self.sums += torch.stack([theta.sum(), (theta ** 2).sum()]).cpu()

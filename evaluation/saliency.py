@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from evaluation.base import Meter, as_tensor
@@ -18,7 +17,9 @@ from evaluation.base import Meter, as_tensor
 __all__ = ["SaliencyMeter", "SAL_MAXF_MODES", "SAL_THRESHOLDS"]
 
 SAL_MAXF_MODES: tuple[str, ...] = ("invpt_compat", "atrc")
-SAL_THRESHOLDS = torch.from_numpy(np.arange(0.05, 1, 0.05, dtype=np.float32))  # §4: 19 values, float32
+# §4: 19 values, float32, built as the official code does (torch.arange in float32); NumPy's float32 arange lies one
+# ulp above it at 7 thresholds, which changes the count of a score equal to a threshold
+SAL_THRESHOLDS = torch.arange(0.05, 1, 0.05, dtype=torch.float32)
 BETA_SQ = 0.3
 
 

@@ -30,7 +30,7 @@ from .ops.task_orders import task_merge, task_rescan, task_scan
 from .registry import register_model
 from .ss2d import add_ssm_parameters, ssm_scan
 
-__all__ = ["MS_SCANS", "BCFR_MODES", "BCFR_EXPANSIONS", "SSMBank", "MSST", "BCFR", "BIMStage", "build_bim"]
+__all__ = ["MS_SCANS", "BCFR_MODES", "BCFR_EXPANSIONS", "MTMAMBA_ONLY_SWITCHES", "SSMBank", "MSST", "BCFR", "BIMStage", "build_bim"]
 
 BCFR_MODES = ("cascade", "parallel")
 BCFR_EXPANSIONS = (1, 2)
@@ -243,19 +243,13 @@ class BIMStage(nn.Module):
         return self.bcfr({t: blocks(x[t]) for t, blocks in self.msst.items()})
 
 
-# model.* switches of MTMamba's stage that BIM does not read; they must keep their defaults
-_MTMAMBA_ONLY = ("stm_blocks", "block", "ctm", "ctm_fusion", "mfe", "gate")
+# model.* switches of MTMamba's stage that BIM does not read; the config validation keeps them at their defaults
+MTMAMBA_ONLY_SWITCHES = ("stm_blocks", "block", "ctm", "ctm_fusion", "mfe", "gate")
 
 
 @register_model("bim", input_multiple=INPUT_MULTIPLE)
 def build_bim(cfg) -> MultiTaskModel:
-    from utils.config import DEFAULTS, ConfigError
-
     m, bim = cfg.model, cfg.model.bim
-    changed = [f"model.{k}={m[k]!r}" for k in _MTMAMBA_ONLY if m[k] != DEFAULTS["model"][k]]
-    if changed:
-        raise ConfigError(f"{', '.join(changed)}: MTMamba switch(es) that model.name='bim' does not read; "
-                          f"use the model.bim section ({sorted(bim)})")
     encoder = encoder_from_config(cfg)
     widths = encoder.channels[::-1][1:]                          # 768, 384, 192 for Swin-L
     rates = drop_path_schedule(m.drop_path_rate, len(widths), bim.n_msst + 1)

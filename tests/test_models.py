@@ -131,8 +131,8 @@ def test_bad_config_values_name_the_key_and_choices():
         load_config("configs/mtmamba_nyud.yml", ["model.swin_pad_mode=caffe"])
     with pytest.raises(ConfigError, match="human_parts.*NYUD"):
         load_config("configs/mtmamba_nyud.yml", ["task_dictionary.include_human_parts=true"])
-    with pytest.raises(KeyError, match="mtmamba"):
-        build_model(load_config("configs/mtmamba_nyud.yml", ["model.name=nope"]))
+    with pytest.raises(ConfigError, match=r"model\.name='nope' is not a registered model; valid: \[.*'mtmamba'"):
+        load_config("configs/mtmamba_nyud.yml", ["model.name=nope"])
 
 
 def test_tiny_mtmamba_forward_backward_on_cpu():

@@ -437,7 +437,7 @@ def _validate_model(cfg: dict) -> None:
     for key in ("drop_path_rate", "encoder_drop_path_rate"):
         if not _is_number(model[key]) or not 0 <= model[key] < 1:
             raise ConfigError(f"model.{key}={model[key]!r} must be a number in [0, 1)")
-    from models.bim import BCFR_EXPANSIONS, BCFR_MODES, MS_SCANS
+    from models.bim import BCFR_EXPANSIONS, BCFR_MODES, MS_SCANS, MTMAMBA_ONLY_SWITCHES
 
     bim = model["bim"]
     for key, choices in (("ms_scan", tuple(MS_SCANS)), ("bcfr_expand", BCFR_EXPANSIONS), ("bcfr_modes", BCFR_MODES)):
@@ -445,6 +445,10 @@ def _validate_model(cfg: dict) -> None:
             raise ConfigError(f"model.bim.{key}={bim[key]!r} is not valid; valid: {list(choices)}")
     if not _is_int(bim["n_msst"]) or bim["n_msst"] < 1:
         raise ConfigError(f"model.bim.n_msst={bim['n_msst']!r} must be a positive integer (MSST blocks per task)")
+    changed = [f"model.{k}={model[k]!r}" for k in MTMAMBA_ONLY_SWITCHES if model[k] != DEFAULTS["model"][k]]
+    if model["name"] == "bim" and changed:
+        raise ConfigError(f"{', '.join(changed)}: MTMamba switch(es) that model.name='bim' does not read; "
+                          f"use the model.bim section ({sorted(bim)})")
     from models.pame import PAME_CHOICES, PAME_INT_KEYS
 
     pame = model["pame"]

@@ -70,4 +70,4 @@ def test_cli(tmp_path, capsys):
     assert len(list((tmp_path / "DDD17" / "dir6" / "segmentation_masks").glob("*.png"))) == 1
     with pytest.raises(SystemExit):
         run_script("make_synthetic_dataset", "--dataset", "dsec", "--out", str(tmp_path), "--size", "20x20")
-    assert "--size applies to nyud and pascal" in capsys.readouterr().err
+    assert "--size applies to nyud, pascal and cityscapes" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import torch
 from evaluation.depth import DepthMeter
 from evaluation.miou import MIoUMeter
 from evaluation.normals import NormalsMeter
-from evaluation.saliency import SaliencyMeter
+from evaluation.saliency import SAL_THRESHOLDS, SaliencyMeter
 
 torch.set_num_threads(1)
 
@@ -119,7 +119,7 @@ def test_normals_against_loop():
 
 
 def _maxf_reference(probs, gts, compat):
-    thresholds = np.arange(0.05, 1, 0.05, dtype=np.float32)
+    thresholds = torch.arange(0.05, 1, 0.05).numpy()       # the official grid (float32)
     best = 0.0
     for t in thresholds:
         tp = pp = ap = 0
@@ -162,3 +162,29 @@ def test_saliency_rejects_unknown_mode_and_accepts_logits():
 def test_merge_rejects_foreign_state():
     with pytest.raises(ValueError, match="state keys"):
         DepthMeter().merge(MIoUMeter(3).state())
+
+
+def test_saliency_grid_is_the_official_one_and_a_score_on_a_threshold_counts():
+    official = torch.arange(0.05, 1, 0.05)
+    assert SAL_THRESHOLDS.dtype == official.dtype == torch.float32 and torch.equal(SAL_THRESHOLDS, official)
+    numpy_grid = torch.from_numpy(np.arange(0.05, 1, 0.05, dtype=np.float32))
+    moved = torch.nonzero(numpy_grid != official).flatten()
+    assert len(moved) == 7                                  # where a float32 NumPy grid would differ
+    m = SaliencyMeter("atrc")
+    scores = official[moved].reshape(1, 1, 1, -1)           # each score exactly on its threshold
+    m.update(scores, torch.ones_like(scores, dtype=torch.int64))
+    positives = m.state()["pp"][1]
+    for i in moved.tolist():                                # p >= τ_i holds for the score equal to τ_i
+        assert positives[i] == int((official[moved] >= official[i]).sum())
+
+
+def test_normals_tiny_prediction_along_the_gt_has_zero_angle():
+    """A prediction shorter than F.normalize's eps, along the GT: the official pipeline (normalised twice) gives
+    0°; one clamped normalisation would give 2·atan2(0.9, 1.1) = 78.6°."""
+    gt = torch.tensor([0.6, 0.0, 0.8], dtype=torch.float64).reshape(1, 3, 1, 1)
+    m = NormalsMeter()
+    m.update(1e-13 * gt, gt)
+    assert m.compute()["mErr"] == pytest.approx(0.0, abs=1e-6)
+    m = NormalsMeter()
+    m.update(torch.zeros_like(gt), gt)                      # a zero prediction: 90°, as in the official pipeline
+    assert m.compute()["mErr"] == pytest.approx(90.0, abs=1e-6)
