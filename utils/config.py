@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "sky_label_id": 10,          # labelId whose disparity is set to 0: 10 (official; rail track) | 23 (the sky)
     },
     "trBatch": 1,                    # training batch per process (GPU)
+    "accum_steps": 1,                # micro-batches per optimiser step; effective batch = world x trBatch x this
     "valBatch": 1,                   # evaluation batch per process
     "nworkers": 2,                   # DataLoader workers per process
     "dsec": {                        # DSEC-Semantic (MAMBASEG.md §5)
@@ -75,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
         "num_events": 100000,        # events per sample: the last ones before the label timestamp
     },
     # --- optimisation ----------------------------------------------------------------------------------------
-    "max_iter": 50000,               # training iterations (the scheduler's horizon)
+    "max_iter": 50000,               # optimiser steps (the scheduler's horizon; intervals count them too)
     "optimizer": "adamw",            # adamw | adam, one param group for every parameter (official recipe)
     "optimizer_kwargs": {            # passed to the optimizer; further keys are allowed
         "lr": 1.0e-4,                # base learning rate
@@ -345,7 +346,7 @@ def _validate_values(cfg: dict) -> None:
         # `1 in (True, False)` holds in Python, so booleans are compared by type as well
         if value not in valid or type(value) not in {type(c) for c in valid}:
             raise ConfigError(f"{key}={value!r} is not valid; valid: {list(valid)}")
-    for key in ("max_iter", "trBatch", "valBatch", "log_interval", "val_interval", "ckpt_interval"):
+    for key in ("max_iter", "trBatch", "accum_steps", "valBatch", "log_interval", "val_interval", "ckpt_interval"):
         if not _is_int(cfg[key]) or cfg[key] <= 0:
             raise ConfigError(f"{key}={cfg[key]!r} must be a positive integer")
     if cfg["dsec"]["num_classes"] not in (11, 19) or not _is_int(cfg["dsec"]["num_classes"]):

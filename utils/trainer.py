@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -84,6 +84,11 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.get("amp")]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss_fn = build_loss(cfg)
+        self.accum_steps = int(cfg.accum_steps)
+        if self.accum_steps > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            logger.warning("accum_steps=%d with BatchNorm layers (e.g. MTMamba++'s head): their statistics come from "
+                           "micro-batches of %d, so accumulation is close to, not equal to, the multi-GPU recipe",
+                           self.accum_steps, int(cfg.trBatch))
         self.iteration, self.best_score, self.validated_at = 0, -math.inf, 0
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.stop_signal: int | None = None
@@ -174,11 +179,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ data
     def batches(self):
-        """Endless batches in a reproducible order: epoch e uses seed + e, and a resumed run skips what was done."""
+        """Endless (micro-)batches in a reproducible order: epoch e uses seed + e, and a resumed run skips what was
+        done (``accum_steps`` batches per optimiser step)."""
         per_epoch = len(self.train_loader)
         if per_epoch == 0:
             raise ValueError(f"the training split has fewer images than trBatch={self.cfg.trBatch}")
-        epoch, skip = divmod(self.iteration, per_epoch)
+        epoch, skip = divmod(self.iteration * self.accum_steps, per_epoch)
         while True:
             sampler = self.train_loader.sampler
             if hasattr(sampler, "set_epoch"):
@@ -194,15 +200,42 @@ class Trainer:
             epoch, skip = epoch + 1, 0
 
     # ------------------------------------------------------------------------------------------------ steps
-    def step(self, batch: dict) -> dict[str, float]:
-        """One optimisation step; returns the detached losses. Raises FloatingPointError on a non-finite loss
-        (on every rank, when any rank has one)."""
+    def step(self, micro_batches: Sequence[dict]) -> dict[str, float]:
+        """One optimiser step over ``accum_steps`` micro-batches; returns their mean detached losses.
+
+        Each micro-batch's loss is divided by their number, so the accumulated gradient is the mean of the
+        micro-batch gradients: what DDP computes over as many ranks with one micro-batch each. DDP all-reduces only
+        on the last micro-batch. Raises FloatingPointError on a non-finite loss (on every rank, when any rank has
+        one), before the optimiser moves.
+        """
         self.model.train()
-        image = batch["image"].to(self.device, non_blocking=True)
-        targets = {t: batch[t].to(self.device, non_blocking=True) for t in self.cfg.TASKS.NAMES}
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            preds = self.model(image)
-        losses = self.loss_fn({t: p.float() for t, p in preds.items()}, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        n = len(micro_batches)
+        means: dict[str, float] = {}
+        for k, batch in enumerate(micro_batches):
+            skip_sync = self.dist.is_distributed and k < n - 1
+            with self.model.no_sync() if skip_sync else contextlib.nullcontext():
+                image = batch["image"].to(self.device, non_blocking=True)
+                targets = {t: batch[t].to(self.device, non_blocking=True) for t in self.cfg.TASKS.NAMES}
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    preds = self.model(image)
+                # at least fp32 (bf16/fp16 outputs of autocast are upcast, a float64 model stays float64)
+                losses = self.loss_fn({t: p.to(torch.promote_types(p.dtype, torch.float32)) for t, p in preds.items()},
+                                      targets)
+                self._check_finite(losses)
+                self.scaler.scale(losses["total"] / n).backward()
+            for t, v in losses.items():
+                means[t] = means.get(t, 0.0) + v.item() / n
+        if self.cfg.get("grad_clip"):
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.iteration += 1
+        return means
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
         finite = torch.stack([torch.isfinite(v) for v in losses.values()]).float()
         if self.dist.is_distributed:
             finite = all_reduce_sum(finite) / self.dist.world_size
@@ -211,16 +244,6 @@ class Trainer:
             path = self.save(f"nonfinite_iter{self.iteration}.pth")
             raise FloatingPointError(f"non-finite loss for {', '.join(bad)} at iteration {self.iteration}; "
                                      f"the state before this step is in {path} (last.pth is untouched)")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["total"]).backward()
-        if self.cfg.get("grad_clip"):
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg.grad_clip))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.iteration += 1
-        return {t: v.item() for t, v in losses.items()}
 
     def validate(self) -> dict[str, dict[str, float]]:
         """Evaluate, log, and save best.pth when the score improves; the training random stream is untouched."""
@@ -277,6 +300,9 @@ class Trainer:
         cfg, max_iter = self.cfg, int(self.cfg.max_iter)
         stop = max_iter if until is None else min(until, max_iter)
         self.open_writer()
+        logger.info("effective batch %d = %d rank(s) x trBatch %d x accum_steps %d; %d optimiser steps",
+                    self.dist.world_size * int(cfg.trBatch) * self.accum_steps, self.dist.world_size,
+                    int(cfg.trBatch), self.accum_steps, max_iter)
         bar = tqdm(total=max_iter, initial=self.iteration, desc="train", disable=not is_main_process(),
                    dynamic_ncols=True)
         start = time.perf_counter()
@@ -321,7 +347,7 @@ class Trainer:
     def _loop(self, batches, bar, stop: int, max_iter: int) -> None:
         log_every, ckpt_every = int(self.cfg.log_interval), int(self.cfg.ckpt_interval)
         while self.iteration < stop:
-            losses = self.step(next(batches))
+            losses = self.step([next(batches) for _ in range(self.accum_steps)])
             bar.update(1)
             lr = self.optimizer.param_groups[0]["lr"]
             bar.set_postfix(loss=f"{losses['total']:.4f}", lr=f"{lr:.2e}")
