@@ -1,0 +1,208 @@
+"""The "triton" selective-scan backend (models/ops/selective_scan_triton.py).
+
+The kernels run under Triton's CPU interpreter in one subprocess (tests/ops/triton_interpreter.py: TRITON_INTERPRET=1
+must be set before the kernels are built and must not leak into other tests); the tests here assert on its numbers:
+forward and every gradient against the float64 reference, tiny models against the torch backend. Selection and
+its errors are tested in this process.
+
+Tolerances: float32 inputs: relative error <= 1e-5 for the output and each gradient; float64: 1e-10; bfloat16 inputs
+(A, D, delta_bias float32, as in SS2D): BF16_TOL = 1e-2 against the float64 reference computed from the same
+bf16-rounded inputs (the output and the gradients of the bf16 inputs are rounded to bf16, 2^-9 relative per
+element; measured 2e-3 to 4e-3).
+"""
+import json
+import logging
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import models.ops.selective_scan as scan_ops
+from models.ops.selective_scan import available_backends, selective_scan
+from tests.ops.test_selective_scan import make_inputs
+
+triton = pytest.importorskip("triton", reason="the triton backend needs the triton package")
+
+REPO = Path(__file__).resolve().parents[2]
+
+TOL = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 1e-2}
+ALL, NONE = (True, True, True, True), (False, False, False, False)  # (D, z, delta_bias, delta_softplus)
+
+# (G, N) in {1, 4} x {1, 16}, with and without D, z, delta_bias; batch 2; 5 or 6 channels per group (not a multiple
+# of the channel block, 8); L not a multiple of the chunk and at least two chunks (N = 16: 32-step chunks, L = 37;
+# N = 1: 256-step chunks, L = 300).
+KERNEL_CASES = {
+    f"{layout}-G{groups}-N{n}-{'all' if options == ALL else 'none'}":
+        dict(layout=layout, groups=groups, chans=5 if groups == 4 else 6, N=n, L=37 if n == 16 else 300,
+             options=options, dtype="float32")
+    for layout, groups in (("grouped", 4), ("3d", 1)) for n in (1, 16) for options in (ALL, NONE)
+}
+KERNEL_CASES.update({
+    # G = 1 given as (batch, 1, N, L); D and bias without z and softplus
+    "grouped-G1-N16-D-bias": dict(layout="grouped", groups=1, chans=6, N=16, L=37, options=(True, False, True, False),
+                                  dtype="float32"),
+    # 2-channel blocks: 3 blocks per group, dB/dC summed across blocks (atomics); 16-step chunks
+    "grouped-blocks3": dict(layout="grouped", groups=2, chans=5, N=16, L=37, options=ALL, dtype="float32",
+                            settings={"MAX_BLOCK_D": 2, "MAX_CHUNK": 16}),
+    # time-invariant B and C; time-invariant C with grouped B
+    "const-N4": dict(layout="const", chans=3, N=4, L=37, options=ALL, dtype="float32", settings={"MAX_CHUNK": 16}),
+    "mixed-N16": dict(layout="mixed", chans=3, N=16, L=37, options=(False, True, True, True), dtype="float32",
+                      settings={"MAX_CHUNK": 16}),
+    # Δ up to 2 as in a trained model, and a third of the raw deltas above softplus's threshold (20)
+    "stress-threshold": dict(layout="grouped", chans=5, N=16, L=37, options=ALL, dtype="float32", stress=True,
+                             above_threshold=True),
+    "float64": dict(layout="grouped", chans=5, N=16, L=37, options=ALL, dtype="float64"),
+    "bfloat16": dict(layout="grouped", chans=5, N=16, L=37, options=ALL, dtype="bfloat16"),
+})
+
+TWO_TASKS = ["task_dictionary.include_normals=false", "task_dictionary.include_edge=false"]
+TINY_SWIN = [*TWO_TASKS, "model.backbone=custom", "model.pretrained=false", "model.d_state=4", "model.drop_path_rate=0",
+             "model.backbone_kwargs={embed_dim: 8, depths: [1, 1, 1, 1], num_heads: [1, 1, 1, 1], window_size: 4}"]
+# adding a model is one line: (config, options, input size). Channel blocks of up to 64 channels: the interpreter's cost
+# is per program (the kernel cases above cover small blocks).
+MODEL_CONFIG = {"MAX_BLOCK_D": 64}
+MODEL_CASES = {
+    "mtmamba-fast": ("configs/mtmamba_nyud.yml", [*TINY_SWIN, "model.exec=fast"], (32, 32)),
+    "mtmamba-reference": ("configs/mtmamba_nyud.yml", [*TINY_SWIN, "model.exec=reference"], (32, 32)),
+    "mtmamba_plus": ("configs/mtmamba_plus_nyud.yml", TINY_SWIN, (32, 32)),
+    "bim": ("configs/bim_nyud.yml", TINY_SWIN, (32, 32)),
+    "pame_swin": ("configs/pame_swin_nyud.yml", TINY_SWIN, (32, 32)),
+    "pame_vit": ("configs/pame_vit_nyud.yml", [*TWO_TASKS, "model.backbone=vit_custom", "model.pretrained=false",
+                                               "model.pame.dim=8", "model.d_state=4",
+                                               "model.backbone_kwargs={embed_dim: 16, depth: 4, num_heads: 2}"],
+                 (32, 32)),
+}
+
+
+def run_cases(cases: list[dict]) -> list[dict]:
+    """Results of tests/ops/triton_interpreter.py for ``cases``, in a fresh TRITON_INTERPRET=1 process, one thread."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "tests.ops.triton_interpreter"], input=json.dumps(cases),
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the interpreter run failed (exit {proc.returncode}):\n{proc.stderr[-6000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """Results of every interpreter case, by name, from one subprocess."""
+    cases = {"scan_check": {"kind": "scan_check"}}
+    cases.update({f"kernel/{k}": {"kind": "kernel", **v} for k, v in KERNEL_CASES.items()})
+    cases.update({f"model/{k}": {"kind": "model", "config": c, "opts": o, "size": s, "settings": MODEL_CONFIG}
+                  for k, (c, o, s) in MODEL_CASES.items()})
+    return dict(zip(cases, run_cases(list(cases.values()))))
+
+
+def test_interpreter_scan_is_triton_scan(interpreted):
+    """The vectorised interpreter scan equals Triton's element-by-element one, and the kernel's three combine
+    functions compute their recurrences (float64)."""
+    assert interpreted["scan_check"]["max_diff"] < 1e-14
+    assert interpreted["scan_check"]["recurrence_err"] < 1e-14
+
+
+@pytest.mark.parametrize("name", KERNEL_CASES)
+def test_triton_matches_reference(interpreted, name):
+    case, result = KERNEL_CASES[name], interpreted[f"kernel/{name}"]
+    assert result["finite"] and result["dtypes_ok"], result
+    expected = {"out", "u", "delta", "A", "B", "C", *(k for k, on in zip(("D", "z", "delta_bias"), case["options"])
+                                                       if on)}
+    assert set(result["errors"]) == expected
+    assert max(result["errors"].values()) <= TOL[case["dtype"]], result["errors"]
+    grid = result["grid"]
+    assert grid["chunks"] >= 2
+    assert case["L"] % grid["chunk"] != 0
+
+
+def test_kernel_cases_cover_the_grid():
+    """G in {1, 4} x N in {1, 16}, with and without D, z, bias; several chunks; several channel blocks per group."""
+    seen = {(c.get("groups", 4) if c["layout"] == "grouped" else 1, c["N"], c["options"][:3])
+            for c in KERNEL_CASES.values() if c["dtype"] == "float32"}
+    for g in (1, 4):
+        for n in (1, 16):
+            assert (g, n, ALL[:3]) in seen and (g, n, NONE[:3]) in seen, (g, n)
+
+
+def test_blocked_case_uses_several_blocks(interpreted):
+    grid = interpreted["kernel/grouped-blocks3"]["grid"]
+    assert grid["blocks_per_group"] == 3 and grid["chunks"] == 3
+
+
+@pytest.mark.parametrize("name", MODEL_CASES)
+def test_model_with_triton_backend_matches_torch(interpreted, name):
+    result = interpreted[f"model/{name}"]
+    assert result["built_backend"] == "triton" and result["scan_modules"] > 0
+    assert max(result["errors"].values()) <= 1e-5, result["errors"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Selection (this process; its kernels, if imported, are built for the GPU)
+# ----------------------------------------------------------------------------------------------------------------------
+def fake_cuda_input(dtype=torch.float32):
+    """What the dispatcher reads of a CUDA tensor (device, dtype), without a GPU."""
+    return types.SimpleNamespace(is_cuda=True, device=torch.device("cuda"), dtype=dtype)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs CPU tensors")
+def test_triton_on_cpu_tensors_says_how_to_interpret():
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1") as info:
+        selective_scan(**make_inputs("grouped", 2, 4, 5), backend="triton")
+    assert "'triton'" in str(info.value) and "backend='torch'" in str(info.value)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="the interpreter runs CPU tensors")
+def test_triton_interpret_set_too_late_is_named(monkeypatch):
+    scan_ops._triton_module()  # built for the GPU
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match="set after models.ops.selective_scan_triton had been imported"):
+        selective_scan(**make_inputs("grouped", 2, 4, 5), backend="triton")
+
+
+def test_triton_without_the_package_says_how_to_install(monkeypatch):
+    def missing():
+        raise ImportError("No module named 'triton'")
+
+    monkeypatch.setattr(scan_ops, "_triton_module", missing)
+    with pytest.raises(RuntimeError, match="triton package did not import.*pip install triton"):
+        selective_scan(**make_inputs("grouped", 2, 4, 5), backend="triton")
+    assert "triton" not in available_backends()
+    assert scan_ops._auto_backend(fake_cuda_input())[0] == "torch"
+
+
+def test_triton_rejects_integer_inputs():
+    assert "float32, bfloat16, float16 or float64" in scan_ops._triton_unavailable(torch.device("cuda"), torch.int32)
+
+
+def test_environment_selects_triton(monkeypatch):
+    monkeypatch.setenv(scan_ops.BACKEND_ENV, "triton")
+    assert scan_ops._resolve_backend("auto", fake_cuda_input()) == "triton"
+    assert scan_ops._resolve_backend("torch", fake_cuda_input()) == "torch"
+
+
+def test_auto_prefers_the_cuda_extension_then_triton_then_torch(monkeypatch, caplog):
+    monkeypatch.delenv(scan_ops.BACKEND_ENV, raising=False)
+    scan_ops._log_auto_choice.cache_clear()
+    cpu = torch.zeros(1, 2, 3)
+    assert scan_ops._auto_backend(cpu) == ("torch", "inputs on cpu")
+    monkeypatch.setattr(scan_ops, "selective_scan_cuda", None)
+    assert scan_ops._auto_backend(fake_cuda_input()) == ("triton", "selective_scan_cuda not installed")
+    monkeypatch.setattr(scan_ops, "selective_scan_cuda", types.SimpleNamespace())
+    assert scan_ops._auto_backend(fake_cuda_input())[0] == "cuda"
+    assert scan_ops._auto_backend(fake_cuda_input(torch.float64)) == ("triton", "inputs in torch.float64")
+    with caplog.at_level(logging.INFO, logger=scan_ops.__name__):  # logged once per choice
+        for _ in range(3):
+            scan_ops._resolve_backend("auto", fake_cuda_input())
+    assert [r.getMessage() for r in caplog.records] == ["selective_scan: backend 'auto' uses 'cuda' "
+                                                        "(selective_scan_cuda installed)"]
+
+
+def test_config_accepts_triton():
+    from utils.config import ConfigError, load_config
+
+    assert load_config(REPO / "configs/mtmamba_nyud.yml", ["model.scan_backend=triton"]).model.scan_backend == "triton"
+    with pytest.raises(ConfigError, match="scan_backend"):
+        load_config(REPO / "configs/mtmamba_nyud.yml", ["model.scan_backend=tritonx"])
