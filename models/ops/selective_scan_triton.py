@@ -42,17 +42,19 @@ __all__ = ["SelectiveScanTritonFn", "INTERPRETED", "launch_config"]
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # the kernels below were built for Triton's CPU interpreter
 SOFTPLUS_THRESHOLD = 20.0
 
-# Launch configuration: design-time choices for H100/H200, not yet measured (tune with scripts/bench_scan.py --device
-# cuda). A program works on (BLOCK_D, NP, CHUNK) tiles (channels, states rounded up to a power of two, steps) of at
-# most FORWARD_TILE / BACKWARD_TILE elements (the backward keeps ~3x more tiles alive, hence twice the warps).
-# BLOCK_D: up to MAX_BLOCK_D channels (each 8 channels divide the dB/dC atomics by 8), fewer while the grid would have
-# under PROGRAMS_PER_SM programs per SM; CHUNK, shared by both passes and the checkpoint interval, fills the tile.
+# Launch configuration: design-time choices for H100/H200 from the compiled kernels' register counts (ptxas, sm_90:
+# ~130 registers per thread, no spills at N = 16), not yet from run times (tune with scripts/bench_scan.py --device
+# cuda). A program works on (BLOCK_D, NP, CHUNK) tiles: channels, states (N rounded up to a power of two) and steps.
+# CHUNK: the steps of the sequence covered per iteration, shared by both passes (the checkpoint interval).
+# A tile holds up to FORWARD_TILE / BACKWARD_TILE elements (N = 1 counted as 2: its per-step tensors are not shared
+# across states), FORWARD_PER_THREAD / BACKWARD_PER_THREAD per thread (the backward keeps ~3x more values alive).
+# BLOCK_D shrinks while the grid would have under PROGRAMS_PER_SM programs per SM.
 MAX_CHUNK = 256
-MAX_BLOCK_D = 8
-FORWARD_TILE = 4096
-BACKWARD_TILE = 4096
-FORWARD_WARPS = 4
-BACKWARD_WARPS = 8
+MAX_BLOCK_D = 16
+FORWARD_TILE = 2048
+BACKWARD_TILE = 1024
+FORWARD_PER_THREAD = 8
+BACKWARD_PER_THREAD = 4
 PROGRAMS_PER_SM = 4
 
 _TL_DTYPES = {torch.float64: tl.float64, torch.float32: tl.float32}
@@ -213,8 +215,8 @@ def _selective_scan_bwd_kernel(
     dA_acc = tl.full((BLOCK_D, NP), 0.0, COMPUTE)
     dB_acc = tl.full((BLOCK_D, NP), 0.0, COMPUTE)   # time-invariant B, C only
     dC_acc = tl.full((BLOCK_D, NP), 0.0, COMPUTE)
-    dD_acc = tl.full((BLOCK_D, CHUNK), 0.0, COMPUTE)  # summed over time at the end
-    dbias_acc = tl.full((BLOCK_D, CHUNK), 0.0, COMPUTE)
+    dD_acc = tl.full((BLOCK_D,), 0.0, COMPUTE)
+    dbias_acc = tl.full((BLOCK_D,), 0.0, COMPUTE)
     for i in range(n_chunks):
         c = n_chunks - 1 - i
         t = (c * CHUNK + steps)[None, :].to(tl.int64)
@@ -276,7 +278,7 @@ def _selective_scan_bwd_kernel(
             dC_acc += tl.sum(dy_h, 2)
         if HAS_D:
             du += D * dy
-            dD_acc += dy * u
+            dD_acc += tl.sum(dy * u, 1)
         if HAS_Z:
             y = tl.sum(C * h, 1)
             if HAS_D:
@@ -286,7 +288,7 @@ def _selective_scan_bwd_kernel(
         if SOFTPLUS:  # F.softplus backward: sigmoid below the threshold, 1 above
             ddt = tl.where(raw > 20.0, ddt, ddt / (1.0 + tl.exp(-raw)))
         ddt = tl.where(mask, ddt, 0.0)
-        dbias_acc += ddt
+        dbias_acc += tl.sum(ddt, 1)
         tl.store(du_ptr + grad_rows + t, du.to(du_ptr.dtype.element_ty), mask=mask)
         tl.store(ddelta_ptr + grad_rows + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
     tl.store(dA_ptr + per_state, dA_acc, mask=mask_dn)
@@ -294,8 +296,8 @@ def _selective_scan_bwd_kernel(
         tl.store(dB_ptr + per_state, dB_acc, mask=mask_dn)
     if not C_VARIABLE:
         tl.store(dC_ptr + per_state, dC_acc, mask=mask_dn)
-    tl.store(dD_ptr + b64 * dim + d, tl.sum(dD_acc, 1), mask=mask_d)
-    tl.store(dbias_ptr + b64 * dim + d, tl.sum(dbias_acc, 1), mask=mask_d)
+    tl.store(dD_ptr + b64 * dim + d, dD_acc, mask=mask_d)
+    tl.store(dbias_ptr + b64 * dim + d, dbias_acc, mask=mask_d)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -307,19 +309,18 @@ def _sm_count(device_index: int) -> int:
 
 
 def launch_config(batch: int, G: int, dg: int, L: int, N: int, device: torch.device) -> dict[str, int]:
-    """CHUNK (shared by forward and backward) and the BLOCK_D of each pass, for dim = G·dg channels (see above)."""
-    np_ = triton.next_power_of_2(N)
+    """CHUNK, and BLOCK_D and num_warps of each pass, for dim = G·dg channels and N states (see above)."""
+    states = max(2, triton.next_power_of_2(N))
     min_programs = PROGRAMS_PER_SM * _sm_count(device.index or 0) if device.type == "cuda" and not INTERPRETED else 0
-
-    def fewer_channels_for_parallelism(bd: int) -> int:
-        while bd > 1 and batch * G * triton.cdiv(dg, bd) < min_programs:
-            bd //= 2
-        return bd
-
-    block_bwd = fewer_channels_for_parallelism(min(MAX_BLOCK_D, triton.next_power_of_2(dg)))
-    chunk = max(16, min(MAX_CHUNK, triton.next_power_of_2(L), BACKWARD_TILE // (np_ * block_bwd)))
-    block_fwd = max(1, min(triton.next_power_of_2(dg), FORWARD_TILE // (np_ * chunk)))
-    return {"chunk": chunk, "block_fwd": fewer_channels_for_parallelism(block_fwd), "block_bwd": block_bwd}
+    chunk = max(16, min(MAX_CHUNK, triton.next_power_of_2(L), BACKWARD_TILE // states))
+    config = {"chunk": chunk}
+    for name, tile, per_thread in (("fwd", FORWARD_TILE, FORWARD_PER_THREAD), ("bwd", BACKWARD_TILE, BACKWARD_PER_THREAD)):
+        block = max(1, min(MAX_BLOCK_D, triton.next_power_of_2(dg), tile // (states * chunk)))
+        while block > 1 and batch * G * triton.cdiv(dg, block) < min_programs:
+            block //= 2
+        config[f"block_{name}"] = block
+        config[f"warps_{name}"] = max(1, min(8, block * states * chunk // (32 * per_thread)))
+    return config
 
 
 def _bc_args(M: Tensor) -> tuple[Tensor, bool, tuple[int, ...]]:
@@ -378,7 +379,7 @@ class SelectiveScanTritonFn(torch.autograd.Function):
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), B_VARIABLE=b_var, C_VARIABLE=c_var, SAVE_STATES=save,
                 BLOCK_D=cfg["block_fwd"], CHUNK=cfg["chunk"], NP=triton.next_power_of_2(N),
-                COMPUTE=_TL_DTYPES[compute], num_warps=FORWARD_WARPS,
+                COMPUTE=_TL_DTYPES[compute], num_warps=cfg["warps_fwd"],
             )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         ctx.delta_softplus = bool(delta_softplus)
@@ -418,7 +419,7 @@ class SelectiveScanTritonFn(torch.autograd.Function):
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=ctx.delta_softplus, B_VARIABLE=b_var, C_VARIABLE=c_var, ATOMIC_BC=atomic,
                 BLOCK_D=block, CHUNK=cfg["chunk"], NP=triton.next_power_of_2(N),
-                COMPUTE=_TL_DTYPES[compute], num_warps=BACKWARD_WARPS,
+                COMPUTE=_TL_DTYPES[compute], num_warps=cfg["warps_bwd"],
             )
 
         def param_grad(partial: Tensor, like: Optional[Tensor]) -> Optional[Tensor]:  # sum the batch partials

@@ -32,39 +32,41 @@ REPO = Path(__file__).resolve().parents[2]
 TOL = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 1e-2}
 ALL, NONE = (True, True, True, True), (False, False, False, False)  # (D, z, delta_bias, delta_softplus)
 
+# Launch settings of most cases: larger channel blocks than on a GPU (the interpreter's cost is per program and
+# iteration) and 32-step chunks. Two cases run the module's own settings (small blocks, several per group: dB, dC
+# summed with atomics).
+TEST_SETTINGS = {"MAX_BLOCK_D": 16, "FORWARD_TILE": 8192, "BACKWARD_TILE": 8192, "MAX_CHUNK": 32}
+
 # (G, N) in {1, 4} x {1, 16}, with and without D, z, delta_bias; batch 2; 5 or 6 channels per group (not a multiple
-# of the channel block, 8); L not a multiple of the chunk and at least two chunks (N = 16: 32-step chunks, L = 37;
-# N = 1: 256-step chunks, L = 300).
+# of the channel block, 8); L = 37: two chunks, the second partial.
 KERNEL_CASES = {
     f"{layout}-G{groups}-N{n}-{'all' if options == ALL else 'none'}":
-        dict(layout=layout, groups=groups, chans=5 if groups == 4 else 6, N=n, L=37 if n == 16 else 300,
-             options=options, dtype="float32")
+        dict(layout=layout, groups=groups, chans=5 if groups == 4 else 6, N=n, L=37, options=options)
     for layout, groups in (("grouped", 4), ("3d", 1)) for n in (1, 16) for options in (ALL, NONE)
 }
 KERNEL_CASES.update({
     # G = 1 given as (batch, 1, N, L); D and bias without z and softplus
-    "grouped-G1-N16-D-bias": dict(layout="grouped", groups=1, chans=6, N=16, L=37, options=(True, False, True, False),
-                                  dtype="float32"),
-    # 2-channel blocks: 3 blocks per group, dB/dC summed across blocks (atomics); 16-step chunks
-    "grouped-blocks3": dict(layout="grouped", groups=2, chans=5, N=16, L=37, options=ALL, dtype="float32",
-                            settings={"MAX_BLOCK_D": 2, "MAX_CHUNK": 16}),
-    # time-invariant B and C; time-invariant C with grouped B
-    "const-N4": dict(layout="const", chans=3, N=4, L=37, options=ALL, dtype="float32", settings={"MAX_CHUNK": 16}),
-    "mixed-N16": dict(layout="mixed", chans=3, N=16, L=37, options=(False, True, True, True), dtype="float32",
-                      settings={"MAX_CHUNK": 16}),
+    "grouped-G1-N16-D-bias": dict(layout="grouped", groups=1, chans=6, N=16, L=37, options=(True, False, True, False)),
+    "const-N4": dict(layout="const", chans=3, N=4, L=37, options=ALL),          # time-invariant B and C
+    "mixed-N16": dict(layout="mixed", chans=3, N=16, L=37, options=(False, True, True, True)),  # ... C only
     # Δ up to 2 as in a trained model, and a third of the raw deltas above softplus's threshold (20)
-    "stress-threshold": dict(layout="grouped", chans=5, N=16, L=37, options=ALL, dtype="float32", stress=True,
-                             above_threshold=True),
+    "stress-threshold": dict(layout="grouped", chans=5, N=16, L=37, options=ALL, stress=True, above_threshold=True),
     "float64": dict(layout="grouped", chans=5, N=16, L=37, options=ALL, dtype="float64"),
     "bfloat16": dict(layout="grouped", chans=5, N=16, L=37, options=ALL, dtype="bfloat16"),
+    # the module's launch settings (N = 16: 64-step chunks, 1-channel backward blocks; N = 1: 256-step chunks)
+    "defaults-N16": dict(layout="grouped", groups=2, chans=3, N=16, L=100, options=ALL, settings={}),
+    "defaults-N1": dict(layout="3d", chans=6, N=1, L=300, options=ALL, settings={}),
 })
+for _case in KERNEL_CASES.values():
+    _case.setdefault("dtype", "float32")
+    _case.setdefault("settings", TEST_SETTINGS)
 
 TWO_TASKS = ["task_dictionary.include_normals=false", "task_dictionary.include_edge=false"]
 TINY_SWIN = [*TWO_TASKS, "model.backbone=custom", "model.pretrained=false", "model.d_state=4", "model.drop_path_rate=0",
              "model.backbone_kwargs={embed_dim: 8, depths: [1, 1, 1, 1], num_heads: [1, 1, 1, 1], window_size: 4}"]
 # adding a model is one line: (config, options, input size). Channel blocks of up to 64 channels: the interpreter's cost
 # is per program (the kernel cases above cover small blocks).
-MODEL_CONFIG = {"MAX_BLOCK_D": 64}
+MODEL_SETTINGS = {"MAX_BLOCK_D": 64, "FORWARD_TILE": 16384}
 MODEL_CASES = {
     "mtmamba-fast": ("configs/mtmamba_nyud.yml", [*TINY_SWIN, "model.exec=fast"], (32, 32)),
     "mtmamba-reference": ("configs/mtmamba_nyud.yml", [*TINY_SWIN, "model.exec=reference"], (32, 32)),
@@ -93,7 +95,7 @@ def interpreted():
     """Results of every interpreter case, by name, from one subprocess."""
     cases = {"scan_check": {"kind": "scan_check"}}
     cases.update({f"kernel/{k}": {"kind": "kernel", **v} for k, v in KERNEL_CASES.items()})
-    cases.update({f"model/{k}": {"kind": "model", "config": c, "opts": o, "size": s, "settings": MODEL_CONFIG}
+    cases.update({f"model/{k}": {"kind": "model", "config": c, "opts": o, "size": s, "settings": MODEL_SETTINGS}
                   for k, (c, o, s) in MODEL_CASES.items()})
     return dict(zip(cases, run_cases(list(cases.values()))))
 
@@ -127,9 +129,10 @@ def test_kernel_cases_cover_the_grid():
             assert (g, n, ALL[:3]) in seen and (g, n, NONE[:3]) in seen, (g, n)
 
 
-def test_blocked_case_uses_several_blocks(interpreted):
-    grid = interpreted["kernel/grouped-blocks3"]["grid"]
-    assert grid["blocks_per_group"] == 3 and grid["chunks"] == 3
+def test_default_settings_use_several_blocks_per_group(interpreted):
+    for name in ("defaults-N16", "defaults-N1"):
+        grid = interpreted[f"kernel/{name}"]["grid"]
+        assert grid["blocks_per_group"] >= 3 and grid["chunks"] == 2, (name, grid)
 
 
 @pytest.mark.parametrize("name", MODEL_CASES)
