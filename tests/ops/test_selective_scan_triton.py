@@ -254,3 +254,20 @@ def test_kernels_compile_for_hopper_without_spills():
                                 {**flags, "sdo_l": 1, "ATOMIC_BC": True, "BLOCK_D": cfg["block_bwd"]}, cfg["warps_bwd"])
     for report in (forward, backward):
         assert "0 bytes spill stores" in report, report
+
+
+def test_bench_floor_is_performance_md_floor():
+    """scripts/bench_scan.py's floor reproduces PERFORMANCE.md §4.2 for the 39 scans of one NYUD image (fp32):
+    forward 2.0 ms of memory and 2.3 ms of exps, backward 3.4 ms and 4.5 ms."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_scan", REPO / "scripts" / "bench_scan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stages = [bench.GPU_SHAPES[s][:2] for s in ("stage0", "stage1", "stage2")]
+    fwd = sum(bench.floor_seconds(13, dim, L, 4, False, 3350, 4.0) for dim, L in stages)
+    both = sum(bench.floor_seconds(13, dim, L, 4, True, 3350, 4.0) for dim, L in stages)
+    assert fwd == pytest.approx(2.25e-3, rel=0.01) and both - fwd == pytest.approx(4.5e-3, rel=0.01)
+    memory_only = sum(bench.floor_seconds(13, dim, L, 4, True, 3350, 1e9) for dim, L in stages)
+    assert memory_only == pytest.approx(2.0e-3 + 3.4e-3, rel=0.02)
+    assert bench.required_bytes(1, 10, 7, 2, 4, False) == 10 * 7 * 12 + 2 * 7 * 2 * 16 * 4
