@@ -39,10 +39,12 @@ from models.ops.selective_scan import available_backends
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__)
 print(\"device\", torch.cuda.get_device_name(), \"scan backends\", available_backends())'"
 
-BACKENDS=$("$PY" -c "from models.ops.selective_scan import available_backends as a; print(','.join(b for b in ('triton', 'torch', 'cuda') if b in a()))" 2>/dev/null || echo triton,torch)
-step "scan bench fp32" 80 "$PY" scripts/bench_scan.py --device cuda --backends "$BACKENDS" --batch 8 --warmup 2 --repeats 5
-step "scan bench bf16 (triton)" 25 "$PY" scripts/bench_scan.py --device cuda --backends triton --dtype bf16 --batch 8 \
-  --warmup 2 --repeats 5
+BACKENDS=$("$PY" -c "from models.ops.selective_scan import available_backends as a
+print(','.join(b for b in ('triton', 'torch', 'cuda') if b in a()))" 2>/dev/null || echo triton,torch)
+step "scan bench fp32" 80 "$PY" scripts/bench_scan.py --device cuda --backends "$BACKENDS" --batch 8 --warmup 2 \
+  --repeats 5
+step "scan bench bf16 (triton)" 25 "$PY" scripts/bench_scan.py --device cuda --backends triton --dtype bf16 \
+  --batch 8 --warmup 2 --repeats 5
 
 step "CUDA tests" 100 "$PY" -m pytest -q -s -p no:cacheprovider tests/test_gpu.py
 

@@ -8,10 +8,11 @@ Triton compiles the kernels at run time, so a GPU needs no build step (Triton sh
 Design (PERFORMANCE.md §4.2: at N = 16 the scan is bound by HBM traffic and by the N exps per element):
 
 * one program per (batch b, group g, block of BLOCK_D channels of that group); it carries the state h (one value per
-  channel and state n) across the sequence in chunks of CHUNK steps. Per chunk it loads u, Δ (and z) as (BLOCK_D, CHUNK)
-  tiles, contiguous along L, and loops over the N states: ``a = exp(Δ·A[:, n])`` once per element, a parallel scan
-  over the chunk (``tl.associative_scan``), the carry from the previous chunk, ``y += C[n]·h``. Inputs are read once,
-  the output written once; the state never leaves registers except at chunk boundaries.
+  channel and state) across the sequence in chunks of CHUNK steps. Per chunk it loads u, Δ (and z) as (BLOCK_D,
+  CHUNK) tiles and B, C as (N, CHUNK) tiles, all contiguous along L, forms ``a = exp(Δ·A)`` once per (channel, state,
+  step) on a (BLOCK_D, N, CHUNK) tile, runs Eq. (2a) over the chunk as a parallel scan (``tl.associative_scan``)
+  plus the carried-in state, and reduces Eq. (2b) over the states. Inputs are read once and the output written
+  once; the state stays in registers from chunk to chunk.
 * the forward saves only the state entering each chunk, (batch, dim, n_chunks, N) float32, when a gradient is
   needed. The backward walks the chunks in reverse, recomputes the states of a chunk from its saved entry state, runs
   the adjoint scan G_t = exp(Δ_{t+1} A) G_{t+1} + C_t dy_t backwards over the chunk, and forms every gradient in closed
@@ -40,7 +41,6 @@ from torch import Tensor
 __all__ = ["SelectiveScanTritonFn", "INTERPRETED", "launch_config"]
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # the kernels below were built for Triton's CPU interpreter
-SOFTPLUS_THRESHOLD = 20.0
 
 # Launch configuration: design-time choices for H100/H200 from the compiled kernels' register counts (ptxas, sm_90:
 # ~130 registers per thread, no spills at N = 16), not yet from run times (tune with scripts/bench_scan.py --device
@@ -314,7 +314,8 @@ def launch_config(batch: int, G: int, dg: int, L: int, N: int, device: torch.dev
     min_programs = PROGRAMS_PER_SM * _sm_count(device.index or 0) if device.type == "cuda" and not INTERPRETED else 0
     chunk = max(16, min(MAX_CHUNK, triton.next_power_of_2(L), BACKWARD_TILE // states))
     config = {"chunk": chunk}
-    for name, tile, per_thread in (("fwd", FORWARD_TILE, FORWARD_PER_THREAD), ("bwd", BACKWARD_TILE, BACKWARD_PER_THREAD)):
+    passes = (("fwd", FORWARD_TILE, FORWARD_PER_THREAD), ("bwd", BACKWARD_TILE, BACKWARD_PER_THREAD))
+    for name, tile, per_thread in passes:
         block = max(1, min(MAX_BLOCK_D, triton.next_power_of_2(dg), tile // (states * chunk)))
         while block > 1 and batch * G * triton.cdiv(dg, block) < min_programs:
             block //= 2
@@ -350,9 +351,9 @@ class SelectiveScanTritonFn(torch.autograd.Function):
     Saves the inputs and the float32 states at chunk boundaries. Gradients: dy = dout·silu(z) (dy = dout without z),
     G_t = exp(Δ_{t+1} A) G_{t+1} + C_t dy_t, e_t = exp(Δ_t A) h_{t-1}; summed over the channels of a group (dB, dC)
     or over batch and time (dA, dD, d bias):
-    dC_t = Σ_d dy_t h_t;  dB_t = Σ_d G_t Δ_t u_t;  du_t = Δ_t Σ_n G_t B_t + D dy_t;  dΔ_t = Σ_n G_t (A e_t + B_t u_t);
-    dA = Σ_{b,t} G_t e_t Δ_t;  d delta = dΔ · softplus'(delta + bias);  d bias = Σ_{b,t} d delta;
-    dD = Σ_{b,t} dy_t u_t;  dz = dout · y · silu'(z).
+    dC_t = Σ_d dy_t h_t;  dB_t = Σ_d G_t Δ_t u_t;  du_t = Δ_t Σ_n G_t B_t + D dy_t;
+    dΔ_t = Σ_n G_t (A e_t + B_t u_t);  dA = Σ_{b,t} G_t e_t Δ_t;  d delta = dΔ · softplus'(delta + bias);
+    d bias = Σ_{b,t} d delta;  dD = Σ_{b,t} dy_t u_t;  dz = dout · y · silu'(z).
     """
 
     @staticmethod

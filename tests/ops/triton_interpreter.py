@@ -1,8 +1,8 @@
 """Runs the Triton selective-scan kernels under Triton's CPU interpreter, in a process of its own.
 
 ``TRITON_INTERPRET=1`` must be set before the kernels are first built (when ``models.ops.selective_scan_triton`` is
-imported) and would send every Triton kernel of the process to the interpreter, so tests/ops/test_selective_scan_triton.py
-starts this module as a subprocess and only asserts on the numbers it returns:
+imported) and would send every Triton kernel of the process to the interpreter, so
+tests/ops/test_selective_scan_triton.py starts this module as a subprocess and only asserts on the numbers it returns:
 
     TRITON_INTERPRET=1 python -m tests.ops.triton_interpreter < cases.json > results.json
 
