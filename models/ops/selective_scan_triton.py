@@ -12,7 +12,9 @@ Design (PERFORMANCE.md §4.2: at N = 16 the scan is bound by HBM traffic and by 
   CHUNK) tiles and B, C as (N, CHUNK) tiles, all contiguous along L, forms ``a = exp(Δ·A)`` once per (channel, state,
   step) on a (BLOCK_D, N, CHUNK) tile, runs Eq. (2a) over the chunk as a parallel scan (``tl.associative_scan``)
   plus the carried-in state, and reduces Eq. (2b) over the states. Inputs are read once and the output written
-  once; the state stays in registers from chunk to chunk.
+  once; the state stays in registers from chunk to chunk. The chunk loops are software-pipelined in two stages
+  (``tl.range(..., num_stages=2)``): the next chunk's tiles are copied into shared memory (cp.async) while the
+  current one is computed, so the loop does not wait on global-memory latency.
 * the forward saves only the state entering each chunk, (batch, dim, n_chunks, N) float32, when a gradient is
   needed. The backward walks the chunks in reverse, recomputes the states of a chunk from its saved entry state, runs
   the adjoint scan G_t = exp(Δ_{t+1} A) G_{t+1} + C_t dy_t backwards over the chunk, and forms every gradient in closed
@@ -132,7 +134,7 @@ def _selective_scan_fwd_kernel(
     B_rows = B_ptr + b64 * sB_b + g * sB_g + n_idx[:, None] * sB_n
     C_rows = C_ptr + b64 * sC_b + g * sC_g + n_idx[:, None] * sC_n
     h_carry = tl.full((BLOCK_D, NP), 0.0, COMPUTE)  # state entering the chunk
-    for c in range(n_chunks):
+    for c in tl.range(n_chunks, num_stages=2):  # the next chunk's loads in flight during this one
         if SAVE_STATES:
             tl.store(state_ptrs + c * N, h_carry.to(states_ptr.dtype.element_ty), mask=mask_dn)
         t = (c * CHUNK + steps)[None, :].to(tl.int64)
@@ -217,7 +219,7 @@ def _selective_scan_bwd_kernel(
     dC_acc = tl.full((BLOCK_D, NP), 0.0, COMPUTE)
     dD_acc = tl.full((BLOCK_D,), 0.0, COMPUTE)
     dbias_acc = tl.full((BLOCK_D,), 0.0, COMPUTE)
-    for i in range(n_chunks):
+    for i in tl.range(n_chunks, num_stages=2):  # chunks last to first; the next one's loads in flight
         c = n_chunks - 1 - i
         t = (c * CHUNK + steps)[None, :].to(tl.int64)
         mask = mask_d[:, None] & (t < L)
