@@ -67,10 +67,12 @@ TWO_TASKS = ["task_dictionary.include_normals=false", "task_dictionary.include_e
 TINY_SWIN = [*TWO_TASKS, "model.backbone=custom", "model.pretrained=false", "model.d_state=4", "model.drop_path_rate=0",
              "model.backbone_kwargs={embed_dim: 8, depths: [1, 1, 1, 1], num_heads: [1, 1, 1, 1], window_size: 4}"]
 # adding a model is one line: (config, options, input size). Channel blocks of up to 64 channels: the interpreter's cost
-# is per program (the kernel cases above cover small blocks).
+# is per program (the kernel cases above cover small blocks). "-gpu-path": the fast execution as on a GPU (one scan
+# call over all task layers of a stage, T·K groups).
 MODEL_SETTINGS = {"MAX_BLOCK_D": 64, "FORWARD_TILE": 16384}
 MODEL_CASES = {
     "mtmamba-fast": ("configs/mtmamba_nyud.yml", [*TINY_SWIN, "model.exec=fast"], (32, 32)),
+    "mtmamba-fast-gpu-path": ("configs/mtmamba_nyud.yml", [*TINY_SWIN, "model.exec=fast"], (32, 32)),
     "mtmamba-reference": ("configs/mtmamba_nyud.yml", [*TINY_SWIN, "model.exec=reference"], (32, 32)),
     "mtmamba_plus": ("configs/mtmamba_plus_nyud.yml", TINY_SWIN, (32, 32)),
     "bim": ("configs/bim_nyud.yml", TINY_SWIN, (32, 32)),
@@ -107,8 +109,8 @@ def interpreted(tmp_path_factory):
     """Results of every interpreter case, by name: kernel and model cases in two concurrent subprocesses."""
     kernels = {"scan_check": {"kind": "scan_check"}}
     kernels.update({f"kernel/{k}": {"kind": "kernel", **v} for k, v in KERNEL_CASES.items()})
-    models = {f"model/{k}": {"kind": "model", "config": c, "opts": o, "size": s, "settings": MODEL_SETTINGS}
-              for k, (c, o, s) in MODEL_CASES.items()}
+    models = {f"model/{k}": {"kind": "model", "config": c, "opts": o, "size": s, "settings": MODEL_SETTINGS,
+                             "gpu_data_movement": k.endswith("gpu-path")} for k, (c, o, s) in MODEL_CASES.items()}
     folder = tmp_path_factory.mktemp("triton_interpreter")
     runs = [(list(cases), start_cases(list(cases.values()), folder / kind))
             for kind, cases in (("kernels", kernels), ("models", models))]

@@ -33,10 +33,8 @@ import triton.language as tl  # noqa: E402
 from triton.runtime import interpreter  # noqa: E402
 
 import models.ops.selective_scan_triton as st  # noqa: E402
-from models import build_model  # noqa: E402
 from models.ops.selective_scan import selective_scan  # noqa: E402
 from tests.ops.test_selective_scan import make_inputs, rel_err, run, tensors  # noqa: E402
-from utils.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ELEMENTWISE_SCAN = interpreter.ScanOps.generic_scan  # Triton's own
@@ -159,7 +157,32 @@ def _model_case(case: dict) -> dict:
         return _compare_model(case)
 
 
+@contextlib.contextmanager
+def gpu_data_movement(enabled: bool):
+    """The fast execution's GPU path on the CPU: one scan call for all layers of a stage, one gather per direction
+    set (as tests/test_execution.py does)."""
+    import models.ops.scan_orders as orders
+    import models.task_batched as batched
+
+    saved = batched.scan_calls, orders.structured_layout
+    try:
+        if enabled:
+            batched.scan_calls = lambda x, groups: 1
+            orders.structured_layout = lambda scan_orders, device: False
+        yield
+    finally:
+        batched.scan_calls, orders.structured_layout = saved
+
+
 def _compare_model(case: dict) -> dict:
+    with gpu_data_movement(case.get("gpu_data_movement", False)):
+        return _model_outputs_error(case)
+
+
+def _model_outputs_error(case: dict) -> dict:
+    from models import build_model
+    from utils.config import load_config
+
     h, w = case["size"]
     cfg = load_config(REPO / case["config"], [*case["opts"], f"TRAIN.SCALE=[{h},{w}]", f"TEST.SCALE=[{h},{w}]",
                                               "model.scan_backend=triton"])
