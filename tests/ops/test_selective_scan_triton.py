@@ -287,3 +287,8 @@ def test_bench_floor_is_performance_md_floor():
     memory_only = sum(bench.floor_seconds(13, dim, L, 4, True, 3350, 1e9) for dim, L in stages)
     assert memory_only == pytest.approx(2.0e-3 + 3.4e-3, rel=0.02)
     assert bench.required_bytes(1, 10, 7, 2, 4, False) == 10 * 7 * 12 + 2 * 7 * 2 * 16 * 4
+
+
+def test_flop_counter_knows_the_triton_function():
+    """utils/flops.py and bench_model.py find the scan in traces and profiles by these names."""
+    assert scan_ops._triton_module().SelectiveScanTritonFn.__name__ in scan_ops.SCAN_FUNCTION_NAMES
