@@ -398,19 +398,19 @@ class SelectiveScanTritonFn(torch.autograd.Function):
         (Bk, b_var, sB), (Ck, c_var, sC) = _bc_args(B), _bc_args(C)
         block = cfg["block_bwd"]
         atomic = triton.cdiv(dim // G, block) > 1
-        f32 = dict(dtype=compute, device=u.device)
-        du, ddelta = torch.empty(u.shape, dtype=u.dtype, device=u.device), torch.empty(u.shape, dtype=delta.dtype,
-                                                                                        device=u.device)
+        acc = dict(dtype=compute, device=u.device)  # accumulators: float32 (float64 for float64 inputs)
+        du = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+        ddelta = torch.empty(u.shape, dtype=delta.dtype, device=u.device)
         dz = torch.empty(u.shape, dtype=z.dtype, device=u.device) if z is not None else None
 
-        def bc_grad(variable: bool) -> Tensor:  # (batch, G, N, L) float32, or per-batch partials (batch, dim, N)
+        def bc_grad(variable: bool) -> Tensor:  # (batch, G, N, L), or per-batch partials (batch, dim, N)
             if not variable:
-                return torch.empty(batch, dim, N, **f32)
-            return (torch.zeros if atomic else torch.empty)(batch, G, N, L, **f32)
+                return torch.empty(batch, dim, N, **acc)
+            return (torch.zeros if atomic else torch.empty)(batch, G, N, L, **acc)
 
         dB, dC = bc_grad(b_var), bc_grad(c_var)
-        dA = torch.empty(batch, dim, N, **f32)
-        dD, dbias = torch.empty(batch, dim, **f32), torch.empty(batch, dim, **f32)
+        dA = torch.empty(batch, dim, N, **acc)
+        dD, dbias = torch.empty(batch, dim, **acc), torch.empty(batch, dim, **acc)
         zt = z if z is not None else u
         with _device_guard(u):
             _selective_scan_bwd_kernel[(batch * G, triton.cdiv(dim // G, block))](
