@@ -132,7 +132,7 @@ class SS2D(nn.Module):
         out_proj: project d_inner back to C with a bias-free Linear (Eq. 17).
         orders: scan orders (K = len(orders)).
         dt_min, dt_max, dt_init_floor, dt_scale: Δ initialisation (Mamba, S4D).
-        scan_backend: backend of :func:`selective_scan` ("auto", "cuda", "torch", "reference").
+        scan_backend: backend of :func:`selective_scan` ("auto", "cuda", "triton", "torch", "reference").
         mixer: "ss2d", or "wmsa" for MTMamba Table 3 ("MFE → W-MSA"): window attention on the d_inner features
             replaces the depthwise conv, the 2-D scan and out_norm (the SSM parameters are not built).
         gate_mixer: "linear", or "wmsa" for MTMamba Table 4: the gate branch reads window attention of the

@@ -6,9 +6,11 @@
     python scripts/bench_model.py --config_exp configs/mtmamba_nyud.yml --mode train --exec reference,fast \\
         --opts model.backbone=swin_tiny --size 224 288 --batch 1           # CPU, reduced input
     python scripts/bench_model.py ... --grad_ckpt off,on                   # peak memory with/without checkpointing
+    python scripts/bench_model.py ... --scan_backend torch,triton          # selective-scan backends side by side
     python scripts/bench_model.py ... --profile                            # share of the step spent in the scan
 
-Every combination of ``--exec`` x ``--amp`` x ``--grad_ckpt`` is one row. After ``--warmup`` iterations of every row,
+Every combination of ``--exec`` x ``--amp`` x ``--grad_ckpt`` x ``--scan_backend`` is one row (without
+``--scan_backend``, the config's ``model.scan_backend``). After ``--warmup`` iterations of every row,
 the rows are timed in turn, ``--iters`` iterations each, and that round is repeated ``--repeats`` times (A/B
 interleaved, so drifts of clock or load hit all rows alike); the table shows the median round. A training iteration
 is forward + backward of the sum of the mean squared outputs (a stand-in for the task losses, same graph) + an AdamW
@@ -37,7 +39,7 @@ import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
 from models.execution import compile_decoder, enable_grad_checkpointing, set_exec_mode  # noqa: E402
-from models.ops.selective_scan import SCAN_FUNCTION_NAMES  # noqa: E402
+from models.ops.selective_scan import BACKENDS, SCAN_FUNCTION_NAMES  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,14 +85,14 @@ class PeakMemory:
 class Row:
     """One benchmarked configuration of the shared model."""
 
-    def __init__(self, exec_mode: str, amp: str, grad_ckpt: str) -> None:
-        self.exec_mode, self.amp, self.grad_ckpt = exec_mode, amp, grad_ckpt
+    def __init__(self, exec_mode: str, amp: str, grad_ckpt: str, scan_backend: str | None) -> None:
+        self.exec_mode, self.amp, self.grad_ckpt, self.scan_backend = exec_mode, amp, grad_ckpt, scan_backend
         self.times: list[float] = []
         self.peak = 0.0
 
     @property
     def name(self) -> str:
-        return f"{self.exec_mode:<9} {self.amp:<4} ckpt={self.grad_ckpt}"
+        return f"{self.exec_mode:<9} {self.amp:<4} ckpt={self.grad_ckpt} scan={self.scan_backend or 'config'}"
 
 
 def _sync(device: torch.device) -> None:
@@ -100,9 +102,13 @@ def _sync(device: torch.device) -> None:
 
 def build_step(model, optimizer, image: torch.Tensor, mode: str, device: torch.device):
     """A function running one iteration of ``row`` and returning the loss (train) or None (infer)."""
+    scan_modules = [m for m in model.modules() if hasattr(m, "scan_backend")]
+
     def step(row: Row):
         set_exec_mode(model, row.exec_mode)
         enable_grad_checkpointing(model, row.grad_ckpt == "on")
+        for m in scan_modules if row.scan_backend else ():
+            m.scan_backend = row.scan_backend
         dtype = AMP_DTYPES[row.amp]
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         if mode == "infer":
@@ -147,6 +153,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--exec", type=_csv(("reference", "fast")), default=["reference", "fast"])
     parser.add_argument("--amp", type=_csv(tuple(AMP_DTYPES)), default=["fp32"])
     parser.add_argument("--grad_ckpt", type=_csv(("off", "on")), default=["off"])
+    parser.add_argument("--scan_backend", type=_csv(BACKENDS), default=[None],
+                        help="selective-scan backends, one row each (default: the config's model.scan_backend)")
     parser.add_argument("--batch", type=int, default=None, help="images per iteration (default: the config's trBatch)")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: TRAIN.SCALE)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per row before timing")
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6) if args.mode == "train" else None
     image = torch.randn(batch, 3, *size, device=device)
     step = build_step(model, optimizer, image, args.mode, device)
-    rows = [Row(*combo) for combo in itertools.product(args.exec, args.amp, args.grad_ckpt)]
+    rows = [Row(*combo) for combo in itertools.product(args.exec, args.amp, args.grad_ckpt, args.scan_backend)]
     memory = PeakMemory(device)
 
     print(f"# {args.config_exp} {' '.join(args.opts)} | {args.mode} | batch {batch} | {size[0]}x{size[1]} | "
@@ -199,12 +207,12 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 raise FloatingPointError(f"non-finite loss in {row.name}")
 
     base = statistics.median(rows[0].times)
-    print(f"{'exec':<9} {'amp':<4} {'ckpt':<4} | {'img/s':>8} | {'ms/iter':>9} | {'peak MB':>9} | {'speedup':>7}"
-          + (" | scan share" if args.profile else ""))
+    print(f"{'exec':<9} {'amp':<4} {'ckpt':<4} {'scan':<9} | {'img/s':>8} | {'ms/iter':>9} | {'peak MB':>9} | "
+          f"{'speedup':>7}" + (" | scan share" if args.profile else ""))
     for row in rows:
         ms = statistics.median(row.times)
-        line = (f"{row.exec_mode:<9} {row.amp:<4} {row.grad_ckpt:<4} | {batch / ms:8.3g} | {1000 * ms:9.1f} | "
-                f"{row.peak:9.0f} | {base / ms:6.2f}x")
+        line = (f"{row.exec_mode:<9} {row.amp:<4} {row.grad_ckpt:<4} {row.scan_backend or 'config':<9} | "
+                f"{batch / ms:8.3g} | {1000 * ms:9.1f} | {row.peak:9.0f} | {base / ms:6.2f}x")
         if args.profile:
             line += f" | {scan_share(step, row, device):9.1%}"
         print(line)

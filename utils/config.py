@@ -157,7 +157,7 @@ DEFAULTS: dict[str, Any] = {
         "d_state": 16,                   # SSM state size N
         "ssm_ratio": 2.0,                # d_inner = ssm_ratio·C
         "dt_rank": "auto",               # "auto" = ceil(C/16), or an int
-        "scan_backend": "auto",          # auto | cuda | torch | reference
+        "scan_backend": "auto",          # auto | cuda | triton | torch | reference
         "exec": "fast",                  # fast (task-batched, fused scan glue) | reference (official order); same function
         "grad_ckpt": False,              # recompute each decoder stage in the backward pass (less memory, ~1 more fwd)
         "compile": None,                 # null | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile

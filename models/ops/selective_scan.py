@@ -12,6 +12,8 @@ The output has u's dtype; the scan runs in float32 (float64 when an input is flo
 
 Backends, picked by ``selective_scan(..., backend=...)``:
 * ``"cuda"``: mamba-ssm's compiled kernel ``selective_scan_cuda`` (optional, ``requirements-cuda.txt``);
+* ``"triton"``: Triton kernels compiled at run time (:mod:`models.ops.selective_scan_triton`, imported on first use):
+  the fast GPU scan without any build step; CPU tensors only under Triton's interpreter (``TRITON_INTERPRET=1``);
 * ``"torch"``: a chunked pure-PyTorch scan with a hand-written backward (CPU, or GPU without the kernel);
 * ``"reference"``: the sequential loop ``selective_scan_ref`` under autograd (tests and debugging).
 Each backend is one ``torch.autograd.Function`` whose input 0 is u and input 2 is A, so a traced model shows the scan as
@@ -19,6 +21,7 @@ a single ``prim::PythonOp.<name>`` node (names in ``SCAN_FUNCTION_NAMES``) for t
 """
 import contextlib
 import functools
+import importlib
 import itertools
 import logging
 import math
@@ -38,7 +41,7 @@ __all__ = ["selective_scan", "selective_scan_ref", "available_backends", "shapes
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cuda", "torch", "reference")
+BACKENDS = ("auto", "cuda", "triton", "torch", "reference")
 BACKEND_ENV = "MTL_SCAN_BACKEND"  # replaces backend="auto", e.g. MTL_SCAN_BACKEND=reference for debugging
 SOFTPLUS_THRESHOLD = 20.0  # F.softplus default, and what the CUDA kernel uses
 # torch backend: bytes per work buffer (one (L, batch, G, dblk, N) state tensor). CPU: small blocks stay cache-friendly;
@@ -485,7 +488,9 @@ class SelectiveScanShapeFn(torch.autograd.Function):
 
 
 _FUNCTIONS = {"cuda": SelectiveScanCudaFn, "torch": SelectiveScanTorchFn, "reference": SelectiveScanRefFn}
-SCAN_FUNCTION_NAMES = tuple(fn.__name__ for fn in (*_FUNCTIONS.values(), SelectiveScanShapeFn))
+SCAN_FUNCTION_NAMES = (*(fn.__name__ for fn in (*_FUNCTIONS.values(), SelectiveScanShapeFn)), "SelectiveScanTritonFn")
+_TRITON_MODULE = ".selective_scan_triton"
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _shapes_only = False
 
 
@@ -504,14 +509,56 @@ def shapes_only():
         _shapes_only = previous
 
 
+def _triton_module():
+    """The Triton backend's module, imported on first use (ImportError when triton is not installed). Importing it
+    builds the kernels, for the GPU or, when ``TRITON_INTERPRET=1`` is set at that moment, for Triton's interpreter."""
+    return importlib.import_module(_TRITON_MODULE, __package__)
+
+
+def _triton_unavailable(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why the "triton" backend cannot run on inputs of this device and dtype, or None when it can."""
+    try:
+        module = _triton_module()
+    except ImportError as error:
+        return (f"the triton package did not import ({error}); it ships with PyTorch's CUDA wheels on Linux, "
+                "else `pip install triton`")
+    if dtype not in _TRITON_DTYPES:
+        return f"it takes float32, bfloat16, float16 or float64 inputs, got {dtype}"
+    if device.type == "cuda" or (module.INTERPRETED and device.type == "cpu"):
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return ("TRITON_INTERPRET=1 was set after models.ops.selective_scan_triton had been imported, so its kernels "
+                "were built for the GPU; set it before the first import to run them on the CPU")
+    if device.type == "cpu":
+        return ("the inputs are CPU tensors: Triton compiles for the GPU; set TRITON_INTERPRET=1 before the first "
+                "import to run its kernels on the CPU through Triton's interpreter (slow; for tests)")
+    return f"the inputs are on {device.type}; Triton runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1)"
+
+
 def available_backends() -> tuple[str, ...]:
-    """Backends usable in this environment ("cuda" only when mamba-ssm's extension imported)."""
-    return tuple(name for name in _FUNCTIONS if name != "cuda" or selective_scan_cuda is not None)
+    """Backends usable in this environment: "cuda" when mamba-ssm's extension imported, "triton" when triton imports
+    and there is a CUDA GPU (or the kernels run in Triton's interpreter)."""
+    names = [name for name in _FUNCTIONS if name != "cuda" or selective_scan_cuda is not None]
+    if _triton_unavailable(torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float32) is None:
+        names.insert(names.index("torch"), "triton")
+    return tuple(names)
 
 
 @functools.lru_cache(maxsize=None)
 def _log_auto_choice(backend: str, reason: str) -> None:
     logger.info("selective_scan: backend 'auto' uses %r (%s)", backend, reason)
+
+
+def _auto_backend(u: Tensor) -> tuple[str, str]:
+    """(backend, reason) of backend="auto": the CUDA extension, else Triton for CUDA tensors, else torch."""
+    if not u.is_cuda:
+        return "torch", f"inputs on {u.device.type}"
+    if selective_scan_cuda is not None and u.dtype in _CUDA_DTYPES:
+        return "cuda", "selective_scan_cuda installed"
+    why_not_triton = _triton_unavailable(u.device, u.dtype)
+    if why_not_triton is None:
+        return "triton", "selective_scan_cuda not installed" if selective_scan_cuda is None else f"inputs in {u.dtype}"
+    return "torch", f"no selective_scan_cuda, and no Triton: {why_not_triton}"
 
 
 def _resolve_backend(backend: str, u: Tensor) -> str:
@@ -521,16 +568,18 @@ def _resolve_backend(backend: str, u: Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r} (from {source}); choose one of {BACKENDS}")
     if backend == "auto":
-        if selective_scan_cuda is None:
-            backend, reason = "torch", "selective_scan_cuda not installed"
-        elif not u.is_cuda or u.dtype not in _CUDA_DTYPES:
-            backend, reason = "torch", f"input on {u.device.type} in {u.dtype}"
-        else:
-            backend, reason = "cuda", "selective_scan_cuda"
+        backend, reason = _auto_backend(u)
         _log_auto_choice(backend, reason)
     if backend == "cuda" and selective_scan_cuda is None:
         raise RuntimeError(_CUDA_INSTALL_HINT)
+    if backend == "triton" and (why_not := _triton_unavailable(u.device, u.dtype)):
+        raise RuntimeError(f"the 'triton' selective-scan backend (from {source}) cannot run here: {why_not}. "
+                           "Use backend='torch' instead.")
     return backend
+
+
+def _function(backend: str) -> type[torch.autograd.Function]:
+    return _triton_module().SelectiveScanTritonFn if backend == "triton" else _FUNCTIONS[backend]
 
 
 @torch.compiler.disable(recursive=True)   # torch.compile traces the glue around the scan, never the scan itself
@@ -550,8 +599,8 @@ def selective_scan(
 
     Shapes: u, delta, z (batch, dim, L); A (dim, N) real; B, C each (dim, N), (batch, N, L) or (batch, G, N, L) with
     channel d in group d // (dim // G); D, delta_bias (dim,). Returns (batch, dim, L) in u.dtype.
-    backend: "auto" (the CUDA kernel for CUDA inputs when installed, else "torch"; ``$MTL_SCAN_BACKEND`` replaces
-    "auto" when set), "cuda", "torch" or "reference".
+    backend: "auto" (for CUDA inputs the CUDA kernel when installed, else "triton"; "torch" for CPU inputs;
+    ``$MTL_SCAN_BACKEND`` replaces "auto" when set), "cuda", "triton", "torch" or "reference".
     """
     batch, dim, L = u.shape
     if delta.shape != u.shape or (z is not None and z.shape != u.shape):
@@ -563,5 +612,5 @@ def selective_scan(
         if M.shape != (dim, N) and not (M.dim() in (3, 4) and M.shape[0] == batch and M.shape[-2:] == (N, L)):
             raise ValueError(f"{name} must be (dim, N), (batch, N, L) or (batch, G, N, L), got {tuple(M.shape)}")
     _num_groups(B, C, dim)
-    fn = SelectiveScanShapeFn if _shapes_only else _FUNCTIONS[_resolve_backend(backend, u)]
+    fn = SelectiveScanShapeFn if _shapes_only else _function(_resolve_backend(backend, u))
     return fn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -233,8 +233,8 @@ def test_environment_overrides_auto(monkeypatch):
 
 def test_unknown_backend_names_the_choices():
     with pytest.raises(ValueError) as info:
-        selective_scan(**make_inputs("grouped", 2, 4, 5), backend="triton")
-    assert all(name in str(info.value) for name in ("auto", "cuda", "torch", "reference"))
+        selective_scan(**make_inputs("grouped", 2, 4, 5), backend="fast")
+    assert all(name in str(info.value) for name in ("auto", "cuda", "triton", "torch", "reference"))
 
 
 @pytest.mark.skipif(HAS_KERNEL, reason="selective_scan_cuda is installed")
@@ -245,7 +245,7 @@ def test_cuda_backend_without_kernel_says_how_to_install():
 
 
 def test_available_backends():
-    assert {"torch", "reference"} <= set(available_backends()) <= {"cuda", "torch", "reference"}
+    assert {"torch", "reference"} <= set(available_backends()) <= {"cuda", "triton", "torch", "reference"}
     assert ("cuda" in available_backends()) == HAS_KERNEL
 
 
