@@ -81,6 +81,9 @@ MODEL_CASES = {
                                                "model.pame.dim=8", "model.d_state=4",
                                                "model.backbone_kwargs={embed_dim: 16, depth: 4, num_heads: 2}"],
                  (32, 32)),
+    "mambaseg": ("configs/mambaseg_ddd17.yml", ["model.mambaseg.dims=[16,16,32,32]", "model.mambaseg.depths=[1,1,1,1]",
+                                                "model.mambaseg.head_dim=16", "model.encoder_drop_path_rate=0"],
+                 (26, 34)),
 }
 
 

@@ -188,14 +188,16 @@ def _model_outputs_error(case: dict) -> dict:
                                               "model.scan_backend=triton"])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    image = torch.randn(1, 3, *case["size"], generator=torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    shapes = [x.shape for x in model.example_inputs(1)] if hasattr(model, "example_inputs") else [(1, 3, h, w)]
+    inputs = [torch.randn(shape, generator=generator) for shape in shapes]     # e.g. MambaSeg's frame and events
     scan_modules = [m for m in model.modules() if hasattr(m, "scan_backend")]
     outs = {}
     for backend in ("triton", "torch"):
         for m in scan_modules:
             m.scan_backend = backend
         with torch.no_grad():
-            outs[backend] = model(image)
+            outs[backend] = model(*inputs)
     rel = {t: ((outs["triton"][t] - outs["torch"][t]).norm() / outs["torch"][t].norm()).item() for t in outs["torch"]}
     return {"errors": rel, "scan_modules": len(scan_modules), "built_backend": cfg.model.scan_backend}
 
