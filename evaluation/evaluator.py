@@ -26,7 +26,6 @@ from evaluation.miou import MIoUMeter
 from evaluation.normals import NormalsMeter
 from evaluation.saliency import SaliencyMeter
 from utils.distributed import all_gather_object, all_reduce_state, is_main_process
-from utils.fileio import write_png
 
 __all__ = ["HEADLINE_METRICS", "Evaluation", "build_meters", "evaluate", "save_prediction_maps", "metrics_table",
            "load_trained_model", "infer"]

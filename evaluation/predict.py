@@ -85,7 +85,10 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         if not found:
             logger.warning("--inputs %s: no files there", item)
         files += found
-    unique = list(dict.fromkeys(p.resolve() for p in files))
+    first: dict[Path, Path] = {}
+    for p in files:                                       # a file named twice (or through a link) is predicted once
+        first.setdefault(p.resolve(), p.absolute())
+    unique = list(first.values())
     if not unique:
         raise ValueError(f"no input files: --inputs {' '.join(map(str, inputs)) or '(empty)'} names no file; "
                          f"give image files ({', '.join(IMAGE_FORMATS.values())}), folders or glob patterns")
@@ -235,7 +238,8 @@ def predict(cfg: Any, checkpoint: str | os.PathLike, inputs: Sequence[str | os.P
     Args:
         cfg: the experiment config (its model, tasks, ``TEST.SCALE``, ``amp``, ``model.exec``/``compile``,
             ``nworkers``); no dataset is read.
-        checkpoint: one of ours or a released MTMamba / MTMamba++ file (:func:`evaluation.evaluator.load_trained_model`).
+        checkpoint: one of ours or a released MTMamba / MTMamba++ file
+            (:func:`evaluation.evaluator.load_trained_model`).
         inputs: files, folders and glob patterns (:func:`collect_inputs`).
         out_dir: where the outputs go.
         batch_size: images per forward pass.

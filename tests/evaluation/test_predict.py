@@ -22,7 +22,7 @@ from data.synthetic import write_nyud, write_pascal
 from data import transforms
 from data.transforms import PadImage
 from evaluation.evaluator import evaluate, load_trained_model
-from evaluation.predict import predict
+from evaluation.predict import collect_inputs, output_names, predict
 from models import build_model
 from utils.config import load_config
 
@@ -103,10 +103,11 @@ def test_any_size_and_mode_gives_outputs_of_the_input_size(nyud, tmp_path, caplo
         assert np.array_equal(semseg, raw["semseg"].argmax(0))
         assert depth.dtype == np.uint16 and np.abs(depth - np.round(1000 * raw["depth"][0].clip(0))).max() <= 1
         unit = raw["normals"] / np.linalg.norm(raw["normals"], axis=0).clip(1e-12)
-        assert normals.shape == (h, w, 3) and np.abs(normals - np.round((unit.transpose(1, 2, 0) + 1) / 2 * 255)).max() <= 1
+        assert normals.shape == (h, w, 3)
+        assert np.abs(normals - np.round((unit.transpose(1, 2, 0) + 1) / 2 * 255)).max() <= 1
         assert edge.dtype == np.uint8 and np.abs(edge - np.floor(255 * sigmoid(raw["edge"][0]))).max() <= 1
-        assert read(out / "semseg" / "color" / f"{name}.png").shape == read(out / "depth" / "color" / f"{name}.png").shape \
-            == (h, w, 3)
+        for t in ("semseg", "depth"):
+            assert read(out / t / "color" / f"{name}.png").shape == (h, w, 3)
         assert read(out / "panels" / f"{name}.png").shape[1] > 5 * 32                # input + 4 tasks side by side
     # grey, RGBA and EXIF-rotated images are predicted as their RGB / upright versions
     for a, b in (("grey", "grey_as_rgb"), ("rgba", "rgb"), ("rotated", "upright")):
@@ -121,6 +122,15 @@ def test_any_size_and_mode_gives_outputs_of_the_input_size(nyud, tmp_path, caplo
     assert sorted(Path(s["input"]).name for s in summary["skipped"]) == ["broken.png", "notes.txt"]
     assert read(out / "legend_semseg.png").ndim == 3
     assert json.loads((out / "predictions.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_inputs_from_files_folders_and_globs_each_once_with_unique_names(tmp_path):
+    for rel in ("a/x.png", "a/y.jpg", "a/.hidden.png", "b/x.png", "b/sub/z.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    paths = collect_inputs([tmp_path / "a", str(tmp_path / "b" / "**" / "*.png"), tmp_path / "a/../a/x.png"])
+    assert paths == [tmp_path / "a/x.png", tmp_path / "a/y.jpg", tmp_path / "b/sub/z.png", tmp_path / "b/x.png"]
+    assert output_names(paths) == ["x", "y", "z", "x_2"]
 
 
 def test_empty_inputs_and_missing_paths_are_errors(nyud, tmp_path, capsys):
@@ -181,7 +191,8 @@ def test_predictions_equal_the_evaluation_path(dataset, tmp_path):
         for t in tasks:
             assert np.array_equal(np.load(tmp_path / "pred" / t / f"{name}.npy"), arrays[t]), (name, t)
             # infer --save_predictions writes the same maps and pictures
-            assert np.array_equal(read(tmp_path / "pred" / t / f"{name}.png"), read(tmp_path / "infer" / t / f"{name}.png"))
+            saved = read(tmp_path / "infer" / t / f"{name}.png")
+            assert np.array_equal(read(tmp_path / "pred" / t / f"{name}.png"), saved), (name, t)
             color = tmp_path / "infer" / t / "color" / f"{name}.png"
             assert color.exists() == (t in ("semseg", "human_parts", "depth"))
             if color.exists():
@@ -215,7 +226,8 @@ def test_predict_from_an_official_checkpoint(tmp_path):
     with torch.no_grad():
         want = source(image[None])
     top, _, left, _ = PadImage.offsets(20, 28, (32, 32))
-    assert np.array_equal(read(out / "semseg" / "photo.png"), want["semseg"][0, :, top:top + 20, left:left + 28].argmax(0))
+    want_labels = want["semseg"][0, :, top:top + 20, left:left + 28].argmax(0)
+    assert np.array_equal(read(out / "semseg" / "photo.png"), want_labels)
     assert read(out / "panels" / "photo.png").ndim == 3
 
 
