@@ -26,6 +26,7 @@ from evaluation.miou import MIoUMeter
 from evaluation.normals import NormalsMeter
 from evaluation.saliency import SaliencyMeter
 from utils.distributed import all_gather_object, all_reduce_state, is_main_process
+from utils.visualize import LABEL_TASKS, label_set, prediction_maps, save_task_maps
 
 __all__ = ["HEADLINE_METRICS", "Evaluation", "build_meters", "evaluate", "save_prediction_maps", "metrics_table",
            "load_trained_model", "infer"]
@@ -60,8 +61,6 @@ def save_prediction_maps(preds: Mapping[str, torch.Tensor], batch: Mapping[str, 
     colour pictures of class maps and depth under ``<task>/color/``. ``dataset`` (``train_db_name``) names the class
     colours. A failed write raises :class:`utils.fileio.WriteError` naming the file.
     """
-    from utils.visualize import LABEL_TASKS, label_set, prediction_maps, save_task_maps
-
     names, sizes = batch["meta"]["img_name"], batch["meta"]["img_size"]
     for t in tasks:
         labels_of = label_set(dataset, t) if t in LABEL_TASKS else None
