@@ -18,13 +18,21 @@ from data.edges import label_edges
 from data.io import (DatasetError, check_labels, check_root, check_size, check_tasks, decode, read_image,
                      read_mat, read_png, read_split)
 
-__all__ = ["PASCALContext", "PASCAL_TASKS", "PERSON_PART_GROUPS", "NORMALS_VALID_IDS", "PERSON_CLASS"]
+__all__ = ["PASCALContext", "PASCAL_TASKS", "PASCAL_CLASSES", "HUMAN_PARTS_CLASSES", "PERSON_PART_GROUPS",
+           "NORMALS_VALID_IDS", "PERSON_CLASS"]
 
 _logger = logging.getLogger(__name__)
 
 PASCAL_TASKS = ("semseg", "human_parts", "sal", "normals", "edge")
 PERSON_CLASS = 15  # VOC class index of 'person'
 SEMSEG_CLASSES = 21  # background + the 20 VOC classes
+# DATA.md §3.4: output index 0..20 (background, then the VOC classes in the standard order)
+PASCAL_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+# DATA.md §3.6.2: the 7 classes of the default 6-group person-part labels (PERSON_PART_GROUPS below)
+HUMAN_PARTS_CLASSES = ("background", "head", "torso", "upper arm", "lower arm / hand", "upper leg", "lower leg / foot")
 
 # DATA.md §3.6.2: PASCAL-Part person part name -> one of 6 groups (0 = background).
 PERSON_PART_GROUPS: dict[str, int] = {

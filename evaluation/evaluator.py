@@ -1,8 +1,9 @@
 """The inference loop: per-task meters over a (possibly sharded) loader, all-reduced across ranks.
 
 Each rank evaluates its own shard of the split (no padded duplicates, see ``data.ShardSampler``), the meters'
-states are summed over ranks, and every rank computes the same metrics. Edge predictions can be saved as uint8
-PNGs cropped back to the original image size (EVALUATION.md §1) for the boundary benchmark.
+states are summed over ranks, and every rank computes the same metrics. Predictions can be saved cropped back to
+the original image size: edges as the uint8 PNGs of the boundary benchmark (EVALUATION.md §1), every task with the
+maps and pictures of :mod:`utils.visualize`.
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from evaluation.miou import MIoUMeter
 from evaluation.normals import NormalsMeter
 from evaluation.saliency import SaliencyMeter
 from utils.distributed import all_gather_object, all_reduce_state, is_main_process
-from utils.fileio import write_png
+from utils.visualize import LABEL_TASKS, label_set, prediction_maps, save_task_maps
 
 __all__ = ["HEADLINE_METRICS", "DEPTH_VALID_RANGES", "Evaluation", "build_meters", "evaluate", "save_prediction_maps",
-           "metrics_table", "infer"]
+           "metrics_table", "load_trained_model", "infer"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +59,21 @@ def build_meters(cfg: Any) -> dict[str, Meter]:
 
 
 def save_prediction_maps(preds: Mapping[str, torch.Tensor], batch: Mapping[str, Any], tasks: list[str],
-                         out_dir: Path) -> None:
-    """Write ``out_dir/<task>/<img_name>.png`` per image, cropped from the centred padding to the original size.
-
-    Edges: uint8 floor(255·sigmoid) as the boundary benchmark expects (EVALUATION.md §1); semseg/human_parts:
-    class ids; sal: uint8 255·p(foreground). A failed write raises :class:`utils.fileio.WriteError` naming the file.
+                         out_dir: Path, dataset: str) -> None:
+    """Write each image's maps, cropped from the centred padding to the original size, with
+    :func:`utils.visualize.save_task_maps`: ``out_dir/<task>/<img_name>.png`` (edges uint8 floor(255·σ) as the
+    boundary benchmark expects, EVALUATION.md §1; class ids; sal uint8 255·p; depth uint16 mm; normals RGB) and the
+    colour pictures of class maps and depth under ``<task>/color/``. ``dataset`` (``train_db_name``) names the class
+    colours. A failed write raises :class:`utils.fileio.WriteError` naming the file.
     """
     names, sizes = batch["meta"]["img_name"], batch["meta"]["img_size"]
     for t in tasks:
-        p = preds[t].float()
-        if t == "edge":
-            maps = torch.floor(255 * torch.sigmoid(p[:, 0]).nan_to_num(0.0)).to(torch.uint8)
-        elif t == "sal":
-            maps = (255 * p.softmax(1)[:, 1].nan_to_num(0.0)).round().to(torch.uint8)
-        elif t in ("semseg", "human_parts"):
-            maps = p.argmax(1).to(torch.uint8)
-        else:
-            raise ValueError(f"save_predictions: no image format for task {t!r}; valid: edge, sal, semseg, human_parts")
+        labels_of = label_set(dataset, t) if t in LABEL_TASKS else None
+        p = preds[t]
         for i, name in enumerate(names):
             h, w = (int(v) for v in sizes[i])
-            top, _, left, _ = PadImage.offsets(h, w, maps.shape[-2:])
-            write_png(out_dir / t / f"{name}.png", maps[i, top:top + h, left:left + w].cpu().numpy())
+            top, _, left, _ = PadImage.offsets(h, w, p.shape[-2:])
+            save_task_maps(prediction_maps(t, p[i, :, top:top + h, left:left + w], labels_of), out_dir, t, name)
 
 
 def _finite_per_image(x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +130,7 @@ def evaluate(model: nn.Module, loader, cfg: Any, device: torch.device, *,
             if t in meters and keep.any():
                 meters[t].update(pred[keep], batch[t][keep])
         if save_dir is not None and save_tasks:
-            save_prediction_maps(preds, batch, list(save_tasks), save_dir)
+            save_prediction_maps(preds, batch, list(save_tasks), save_dir, cfg.train_db_name)
     states = all_reduce_state({f"{t}/{k}": v for t, m in meters.items() for k, v in m.state().items()})
     merged_ids: dict[str, dict[str, set[str]]] = {}
     for rank_report in all_gather_object(nonfinite):
@@ -195,6 +190,25 @@ def _boundary_scores(cfg: Any, pred_dir: Path, out_dir: Path) -> dict[str, float
     return broadcast_object(scores)
 
 
+def load_trained_model(cfg: Any, checkpoint: str | Path, device: torch.device) -> tuple[Any, nn.Module, dict]:
+    """``(cfg, model, checkpoint dict)``: the model of ``cfg`` with the weights of ``checkpoint`` (ours or a released
+    MTMamba / MTMamba++ file, converted on load, :mod:`utils.official`), on ``device``, compiled as
+    ``model.compile`` says. The returned config is the one the model was built with (an official file switches
+    ``swin_pad_mode``; no ImageNet weights are fetched)."""
+    from models import build_model
+    from models.execution import compile_decoder
+    from utils.checkpoint import load_checkpoint, load_model_state
+    from utils.official import checkpoint_model_state, config_for_checkpoint
+
+    # the checkpoint first: an official MTMamba/MTMamba++ file sets how the model is built (swin_pad_mode)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    cfg = config_for_checkpoint(cfg, state)
+    model = build_model(cfg).to(device)
+    load_model_state(model, checkpoint_model_state(state, model))
+    compile_decoder(model.eval(), cfg.model.compile)
+    return cfg, model, state
+
+
 def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
           device: torch.device | None = None) -> dict[str, dict[str, float]]:
     """Evaluate a checkpoint on the val split: print the metric table and Δm, write metrics.json/metrics.md.
@@ -210,23 +224,14 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     """
     from data import build_val_loader
     from evaluation.delta_m import format_delta_m
-    from models import build_model
-    from models.execution import compile_decoder
-    from utils.checkpoint import load_checkpoint, load_model_state
     from utils.config import AMP_DTYPES, config_to_dict
     from utils.distributed import barrier, init_distributed
     from utils.fileio import write_text
-    from utils.official import checkpoint_model_state, config_for_checkpoint
 
     run_dir = Path(cfg.out_dir) / cfg.version_name if run_dir is None else Path(run_dir)
     device = init_distributed().device if device is None else device
     loader = build_val_loader(cfg)              # a missing dataset is reported before the checkpoint is read
-    # the checkpoint first: an official MTMamba/MTMamba++ file sets how the model is built (swin_pad_mode)
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = config_for_checkpoint(cfg, state)
-    model = build_model(cfg).to(device)
-    load_model_state(model, checkpoint_model_state(state, model))
-    compile_decoder(model, cfg.model.compile)
+    cfg, model, state = load_trained_model(cfg, checkpoint, device)
     save_tasks = list(cfg.get("save_predictions") or [])
     if cfg.get("eval_boundary") and "edge" not in save_tasks:
         save_tasks.append("edge")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: no dataset and no GPU needed. Sets up .venv if missing, writes a synthetic NYUD-format dataset,
 # trains configs/demo_nyud.yml (tiny Swin, random init, 50 iterations on the CPU), runs inference and prints
-# the metric table. Everything goes to ${MTL_DEMO_DIR:-/tmp/mtl_demo}.
+# the metric table, then predicts on two of the synthetic images as on one's own photos (maps and a panel per
+# image). Everything goes to ${MTL_DEMO_DIR:-/tmp/mtl_demo}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
@@ -12,3 +13,8 @@ opts=("db_root=$demo/data" "out_dir=$demo/runs")
 .venv/bin/python main.py --run_mode train --config_exp configs/demo_nyud.yml --no_resume --opts "${opts[@]}"
 .venv/bin/python main.py --run_mode infer --config_exp configs/demo_nyud.yml \
   --trained_model "$demo/runs/demo_nyud/checkpoints/last.pth" --opts "${opts[@]}"
+.venv/bin/python main.py --run_mode predict --config_exp configs/demo_nyud.yml \
+  --trained_model "$demo/runs/demo_nyud/checkpoints/last.pth" --out "$demo/predict" \
+  --inputs "$demo/data/NYUDv2/images/0001.png" "$demo/data/NYUDv2/images/0002.png" --opts "${opts[@]}"
+echo "panels (input | semseg | depth | normals | boundaries): $demo/predict/panels/0001.png, $demo/predict/panels/0002.png"
+echo "maps per task under $demo/predict/<task>/, class colours in $demo/predict/legend_semseg.png"

@@ -18,7 +18,7 @@ from typing import BinaryIO, Callable
 
 import numpy as np
 
-__all__ = ["WriteError", "TEMP_SUFFIX", "write_failure", "atomic_write", "write_text", "write_png",
+__all__ = ["WriteError", "TEMP_SUFFIX", "write_failure", "atomic_write", "write_text", "write_png", "write_npy",
            "remove_stale_temp_files"]
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,11 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     if not ok:
         raise WriteError(errno.EINVAL, f"cannot encode {path} as PNG (array {image.dtype} {image.shape})")
     return atomic_write(path, lambda f: f.write(data.tobytes()))
+
+
+def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write ``array`` as a ``.npy`` file atomically (no pickled objects)."""
+    return atomic_write(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:

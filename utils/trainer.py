@@ -280,7 +280,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             preds = model(batch["image"].to(self.device))
         grids = prediction_grid(batch["image"], {t: p.float().cpu() for t, p in preds.items()}, batch,
-                                self.cfg.TASKS.NAMES)
+                                self.cfg.TASKS.NAMES, dataset=self.cfg.train_db_name)
         for task, grid in grids.items():
             self.writer.add_image(f"val/{task}", grid, self.iteration)
 

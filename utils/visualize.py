@@ -1,46 +1,136 @@
-"""Pure functions that turn predictions and targets into ``(3, H, W)`` uint8 images (TensorBoard, previews).
+"""Palettes, colour maps and drawing: the one place where predictions and targets become pictures.
 
-Targets use the data pipeline's conventions (DATA.md §4.1): ``255`` marks ignored pixels in every task, and
-ignored pixels are drawn black. Predictions are raw model outputs (logits, or depth in metres).
+The TensorBoard grids (:func:`prediction_grid`, utils.trainer), ``infer --save_predictions``
+(evaluation.evaluator) and ``--run_mode predict`` (evaluation.predict) all draw and save with these functions, so a
+map looks the same everywhere. The colours are fixed (nothing random):
+
+* class maps: class ``k`` of a :class:`LabelSet` is entry ``k + first_entry`` of the PASCAL VOC colour map (the
+  bit-interleaved map of the VOC devkit's ``VOClabelcolormap.m``), the colour its value in the dataset's own label
+  PNGs has in a VOC-palette viewer. PASCAL semseg and human parts start at entry 0 (background black, aeroplane
+  (128, 0, 0), person (192, 128, 128); head (128, 0, 0)); NYUD's 40 classes, stored as 1..40, start at entry 1
+  (wall (128, 0, 0), floor (0, 128, 0)). Ignored pixels (255) get entry 255, VOC's void colour (224, 224, 192).
+  :func:`legend` draws a label set's colours beside its class names.
+* depth: OpenCV's ``COLORMAP_INFERNO`` over the map's own [min, max] (near bright yellow, far black); the range is
+  returned by :func:`depth_range` so that it can be printed with the picture.
+* surface normals: RGB = round((n + 1) / 2 · 255) of the unit normal n.
+* edges and saliency: grey levels equal to the 8-bit maps that are saved (edges floor(255·σ(logit)), EVALUATION.md
+  §1; saliency round(255·p(foreground))).
+* ignored pixels (255) of depth, normals, edge and saliency targets are black.
+
+Tensors follow the model's layout (``(C, H, W)``, pictures ``(3, H, W)`` uint8 RGB); the saved maps and the panel are
+numpy ``H×W[×3]`` arrays, RGB until :func:`save_task_maps` writes them.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Optional
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data.nyud import NYUD_CLASSES
+from data.pascal_context import HUMAN_PARTS_CLASSES, PASCAL_CLASSES
 from data.transforms import IGNORE, IMAGENET_MEAN, IMAGENET_STD
+from utils.fileio import write_png
 
-__all__ = ["palette", "colorize_labels", "depth_to_image", "normals_to_image", "edge_to_image", "gray_to_image",
-           "denormalize_image", "prediction_grid"]
+__all__ = ["LabelSet", "LABEL_SETS", "LABEL_TASKS", "TaskMaps", "voc_colormap", "label_set", "colorize_labels",
+           "depth_range", "depth_to_image", "normals_to_image", "gray_to_image", "edge_to_image", "denormalize_image",
+           "prediction_maps", "prediction_image", "save_task_maps", "save_image", "text_patch", "panel", "legend",
+           "prediction_grid"]
+
+LABEL_TASKS = ("semseg", "human_parts")
+DEPTH_COLORMAP = cv2.COLORMAP_INFERNO
+# text: OpenCV's Hershey sans-serif, black on white
+_FONT, _FONT_SCALE, _FONT_THICKNESS = cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1
+_WHITE = 255
 
 
-def palette(num_colors: int) -> Tensor:
-    """``(num_colors, 3)`` uint8 colours: the PASCAL VOC bit-interleaved palette, starting at its entry 1 so no
-    class is black (black is kept for ignored pixels)."""
-    colors = torch.zeros(num_colors, 3, dtype=torch.uint8)
-    for i in range(num_colors):
-        idx, rgb = i + 1, [0, 0, 0]
-        for shift in range(7, -1, -1):
+# --------------------------------------------------------------------------------------------------------
+# Palettes
+
+
+@lru_cache(maxsize=None)
+def _voc_colormap() -> Tensor:
+    colors = torch.zeros(256, 3, dtype=torch.uint8)
+    for entry in range(256):
+        idx, rgb = entry, [0, 0, 0]
+        for shift in range(7, -1, -1):          # bits 0, 1, 2 of each octal digit go to R, G, B, most significant first
             for c in range(3):
                 rgb[c] |= ((idx >> c) & 1) << shift
             idx >>= 3
-        colors[i] = torch.tensor(rgb, dtype=torch.uint8)
+        colors[entry] = torch.tensor(rgb, dtype=torch.uint8)
     return colors
 
 
-def colorize_labels(labels: Tensor, num_classes: int) -> Tensor:
-    """Class map ``(H, W)`` int -> ``(3, H, W)`` uint8; 255 (ignored) and out-of-range labels are black."""
+def voc_colormap() -> Tensor:
+    """``(256, 3)`` uint8: the PASCAL VOC colour map, entry 0 black, 1 (128, 0, 0), ..., 255 (224, 224, 192)."""
+    return _voc_colormap().clone()
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The classes of one kind of class map.
+
+    Args:
+        title: what the legend is headed with.
+        names: class names in output order (class ``k`` is channel ``k`` of the logits).
+        first_entry: the VOC colour-map entry of class 0.
+    """
+
+    title: str
+    names: tuple[str, ...]
+    first_entry: int
+
+    def __post_init__(self) -> None:
+        if self.first_entry < 0 or self.first_entry + len(self.names) > IGNORE:
+            raise ValueError(f"{self.title}: {len(self.names)} classes from VOC entry {self.first_entry} would reach "
+                             f"the ignore colour (entry {IGNORE})")
+
+    @property
+    def colors(self) -> Tensor:
+        """``(len(names), 3)`` uint8 RGB, one row per class."""
+        return _voc_colormap()[self.first_entry:self.first_entry + len(self.names)].clone()
+
+
+# (train_db_name, task) -> its classes; a dataset with class maps adds its row here
+LABEL_SETS: dict[tuple[str, str], LabelSet] = {
+    ("NYUD", "semseg"): LabelSet("NYUD semantic segmentation (40 classes)", NYUD_CLASSES, 1),
+    ("PASCALContext", "semseg"): LabelSet("PASCAL-Context semantic segmentation (21 classes)", PASCAL_CLASSES, 0),
+    ("PASCALContext", "human_parts"): LabelSet("PASCAL-Context human parts (7 classes)", HUMAN_PARTS_CLASSES, 0),
+}
+
+
+def label_set(dataset: str, task: str) -> LabelSet:
+    """The classes of ``task`` on ``dataset`` (a ``train_db_name``), or an error listing the known pairs."""
+    try:
+        return LABEL_SETS[(dataset, task)]
+    except KeyError:
+        known = ", ".join(f"{d}/{t}" for d, t in LABEL_SETS)
+        raise ValueError(f"no class names and colours for task {task!r} on dataset {dataset!r}; known: {known}") \
+            from None
+
+
+def colorize_labels(labels: Tensor, labels_of: LabelSet) -> Tensor:
+    """Class map ``(H, W)`` int -> ``(3, H, W)`` uint8; 255 (ignored) and out-of-range values get the void colour."""
     labels = labels.long().cpu()
-    colors = torch.cat([palette(num_classes), torch.zeros(1, 3, dtype=torch.uint8)])     # last row: black
-    index = torch.where((labels >= 0) & (labels < num_classes), labels, torch.full_like(labels, num_classes))
+    n = len(labels_of.names)
+    colors = torch.cat([labels_of.colors, _voc_colormap()[IGNORE:]])                 # last row: void
+    index = torch.where((labels >= 0) & (labels < n), labels, torch.full_like(labels, n))
     return colors[index].permute(2, 0, 1).contiguous()
 
 
+# --------------------------------------------------------------------------------------------------------
+# Continuous maps
+
+
 def gray_to_image(values: Tensor, valid: Optional[Tensor] = None) -> Tensor:
-    """Values in [0, 1], ``(H, W)`` -> ``(3, H, W)`` uint8 gray; pixels where ``valid`` is False are black."""
+    """Values in [0, 1], ``(H, W)`` -> ``(3, H, W)`` uint8 grey; pixels where ``valid`` is False are black."""
     img = (values.float().clamp(0, 1) * 255).round().to(torch.uint8)
     if valid is not None:
         img = torch.where(valid, img, torch.zeros_like(img))
@@ -53,15 +143,26 @@ def _squeeze(x: Tensor) -> Tensor:
     return x[0] if x.dim() == 3 else x
 
 
-def depth_to_image(depth: Tensor, vmin: Optional[float] = None, vmax: Optional[float] = None) -> Tensor:
-    """Depth ``(1, H, W)`` or ``(H, W)`` -> gray ``(3, H, W)`` uint8, linear from ``vmin`` (black) to ``vmax``
-    (white); both default to the range of the valid pixels. Ignored (255) pixels are black."""
+def depth_range(depth: Tensor) -> Optional[tuple[float, float]]:
+    """(min, max) in metres of the finite, non-ignored (≠ 255) pixels of a depth map; None when there are none."""
     depth = _squeeze(depth)
-    valid = depth != IGNORE
-    values = depth[valid]
-    lo = float(values.min()) if vmin is None and values.numel() else (vmin or 0.0)
-    hi = float(values.max()) if vmax is None and values.numel() else (vmax if vmax is not None else 1.0)
-    return gray_to_image((depth - lo) / max(hi - lo, 1e-6), valid)
+    values = depth[torch.isfinite(depth) & (depth != IGNORE)]
+    return (float(values.min()), float(values.max())) if values.numel() else None
+
+
+def depth_to_image(depth: Tensor, vmin: Optional[float] = None, vmax: Optional[float] = None) -> Tensor:
+    """Depth ``(1, H, W)`` or ``(H, W)`` -> ``(3, H, W)`` uint8 RGB, OpenCV's inferno from ``vmax`` (far, black) to
+    ``vmin`` (near, bright yellow); both default to :func:`depth_range`. Ignored (255) and non-finite pixels are
+    black."""
+    depth = _squeeze(depth)
+    valid = torch.isfinite(depth) & (depth != IGNORE)
+    lo, hi = depth_range(depth) or (0.0, 1.0)
+    lo, hi = (lo if vmin is None else vmin), (hi if vmax is None else vmax)
+    nearness = ((hi - depth.nan_to_num(hi)) / max(hi - lo, 1e-6)).clamp(0, 1)
+    levels = (nearness * 255).round().to(torch.uint8).numpy()
+    rgb = torch.from_numpy(cv2.cvtColor(cv2.applyColorMap(levels, DEPTH_COLORMAP), cv2.COLOR_BGR2RGB))
+    rgb = torch.where(valid[..., None], rgb, torch.zeros_like(rgb))
+    return rgb.permute(2, 0, 1).contiguous()
 
 
 def normals_to_image(normals: Tensor) -> Tensor:
@@ -73,11 +174,11 @@ def normals_to_image(normals: Tensor) -> Tensor:
 
 
 def edge_to_image(edge: Tensor, logits: bool = True) -> Tensor:
-    """Edge map ``(1, H, W)`` or ``(H, W)`` -> gray ``(3, H, W)`` uint8: the sigmoid probability of logits, or a
-    0/1 target as is (``logits=False``; ignored 255 pixels black)."""
+    """Edge map ``(1, H, W)`` or ``(H, W)`` -> grey ``(3, H, W)`` uint8: the saved 8-bit map of logits
+    (floor(255·σ)), or a 0/1 target as is (``logits=False``; ignored 255 pixels black)."""
     edge = _squeeze(edge)
     if logits:
-        return gray_to_image(torch.sigmoid(edge))
+        return _edge_map(edge).unsqueeze(0).expand(3, -1, -1).contiguous()
     return gray_to_image(edge, edge != IGNORE)
 
 
@@ -89,41 +190,182 @@ def denormalize_image(image: Tensor) -> Tensor:
     return (rgb.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def _pred_to_image(task: str, pred: Tensor, depth_range: tuple = (None, None)) -> Tensor:
-    """One prediction ``(n, H, W)`` -> image; depth is drawn over ``depth_range`` (the target's, when known)."""
-    if task in ("semseg", "human_parts"):
-        return colorize_labels(pred.argmax(0), pred.shape[0])
-    if task == "sal":
-        return gray_to_image(torch.softmax(pred.float(), 0)[1])
+# --------------------------------------------------------------------------------------------------------
+# Predictions: the saved maps and their pictures
+
+
+def _edge_map(logits: Tensor) -> Tensor:
+    """(H, W) logits -> uint8 floor(255·σ), as the boundary benchmark reads them (EVALUATION.md §1)."""
+    return torch.floor(255 * torch.sigmoid(logits.float()).nan_to_num(0.0)).to(torch.uint8)
+
+
+def _saliency_map(logits: Tensor) -> Tensor:
+    """(2, H, W) logits -> uint8 round(255·p(foreground))."""
+    return (255 * logits.float().softmax(0)[1].nan_to_num(0.0)).round().to(torch.uint8)
+
+
+def _hwc(image: Tensor) -> np.ndarray:
+    return image.permute(1, 2, 0).contiguous().numpy()
+
+
+class TaskMaps(NamedTuple):
+    """How one prediction is saved.
+
+    ``data``: the machine-readable map of ``<task>/<name>.png``: semseg / human_parts uint8 class ids, edge
+    uint8 floor(255·σ), sal uint8 round(255·p), depth uint16 millimetres (saturating at 65.535 m), normals uint8
+    RGB ``(n + 1) / 2 · 255``. ``color``: the RGB picture of ``<task>/color/<name>.png`` (class maps, depth), None
+    where ``data`` is a picture already. ``value_range``: depth's (min, max) in metres that the colours span.
+    """
+
+    data: np.ndarray
+    color: Optional[np.ndarray]
+    value_range: Optional[tuple[float, float]] = None
+
+    @property
+    def preview(self) -> np.ndarray:
+        """H×W×3 uint8 RGB picture of the map."""
+        if self.color is not None:
+            return self.color
+        return self.data if self.data.ndim == 3 else np.repeat(self.data[..., None], 3, axis=2)
+
+
+def prediction_maps(task: str, pred: Tensor, labels_of: Optional[LabelSet] = None) -> TaskMaps:
+    """One prediction ``(n, H, W)`` (logits, or depth in metres) -> its :class:`TaskMaps`; class maps need their
+    ``labels_of`` for the colours."""
+    pred = pred.detach().float().cpu()
+    if task in LABEL_TASKS:
+        if labels_of is None:
+            raise ValueError(f"prediction_maps: task {task!r} needs its LabelSet for the colours")
+        ids = pred.argmax(0)
+        return TaskMaps(ids.to(torch.uint8).numpy(), _hwc(colorize_labels(ids, labels_of)))
     if task == "edge":
-        return edge_to_image(pred, logits=True)
+        return TaskMaps(_edge_map(pred[0]).numpy(), None)
+    if task == "sal":
+        return TaskMaps(_saliency_map(pred).numpy(), None)
     if task == "normals":
-        return normals_to_image(F.normalize(pred.float(), dim=0))
+        return TaskMaps(_hwc(normals_to_image(F.normalize(pred, dim=0))), None)
     if task == "depth":
-        return depth_to_image(pred, *depth_range)
-    raise ValueError(f"no visualisation for task {task!r}; valid: semseg, human_parts, sal, edge, normals, depth")
+        metres = pred[0].nan_to_num(0.0, posinf=0.0).clamp(min=0)
+        millimetres = (metres * 1000).round().clamp(max=np.iinfo(np.uint16).max)
+        span = depth_range(metres) or (0.0, 0.0)
+        return TaskMaps(millimetres.numpy().astype(np.uint16), _hwc(depth_to_image(metres, *span)), span)
+    raise ValueError(f"no picture for task {task!r}; valid: semseg, human_parts, sal, edge, normals, depth")
 
 
-def _valid_range(target: Tensor) -> tuple:
-    values = target[target != IGNORE].float()
-    return (float(values.min()), float(values.max())) if values.numel() else (None, None)
+def prediction_image(task: str, pred: Tensor, labels_of: Optional[LabelSet] = None,
+                     depth_span: Optional[tuple[float, float]] = None) -> Tensor:
+    """One prediction ``(n, H, W)`` -> ``(3, H, W)`` uint8 picture (the preview of :func:`prediction_maps`); depth is
+    drawn over ``depth_span`` when given (e.g. the target's range)."""
+    if task == "depth" and depth_span is not None:
+        return depth_to_image(pred[0].detach().float().cpu().clamp(min=0), *depth_span)
+    return torch.from_numpy(prediction_maps(task, pred, labels_of).preview).permute(2, 0, 1).contiguous()
 
 
-def _target_to_image(task: str, target: Tensor, num_classes: int) -> Tensor:
+def save_task_maps(maps: TaskMaps, out_dir: Path, task: str, name: str) -> list[Path]:
+    """Write ``out_dir/<task>/<name>.png`` and, for class maps and depth, ``out_dir/<task>/color/<name>.png``.
+
+    Returns the paths; a failed write raises :class:`utils.fileio.WriteError` naming the file.
+    """
+    written = [save_image(Path(out_dir) / task / f"{name}.png", maps.data)]
+    if maps.color is not None:
+        written.append(save_image(Path(out_dir) / task / "color" / f"{name}.png", maps.color))
+    return written
+
+
+def save_image(path: Path, image: np.ndarray) -> Path:
+    """Write an H×W (grey, uint8 or uint16) or H×W×3 RGB uint8 array as a PNG, atomically; a failed write raises
+    :class:`utils.fileio.WriteError` naming the file."""
+    return write_png(path, image[..., ::-1] if image.ndim == 3 else image)      # OpenCV writes BGR
+
+
+# --------------------------------------------------------------------------------------------------------
+# Figures: titled panels and legends (RGB numpy)
+
+
+def text_patch(text: str, height: int = 20, pad: int = 4) -> np.ndarray:
+    """``text`` in black on white, ``height`` pixels high, vertically centred; ASCII only (Hershey font)."""
+    (w, h), base = cv2.getTextSize(text, _FONT, _FONT_SCALE, _FONT_THICKNESS)
+    patch = np.full((height, w + 2 * pad, 3), _WHITE, dtype=np.uint8)
+    cv2.putText(patch, text, (pad, (height + h) // 2), _FONT, _FONT_SCALE, (0, 0, 0), _FONT_THICKNESS, cv2.LINE_AA)
+    return patch
+
+
+def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))           # cv2 takes (W, H)
+    if size == (w, h):
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
+
+
+def panel(cells: Sequence[tuple[str, np.ndarray]], size: int = 256, gap: int = 4, title_height: int = 22) -> np.ndarray:
+    """Pictures side by side, each under its title: one RGB image, like a row of a paper figure.
+
+    Args:
+        cells: ``(title, H×W×3 uint8 RGB)``, all pictures of one size.
+        size: every picture is scaled by one factor so that its longer side is ``size`` pixels (area-averaged when
+            shrinking, nearest when enlarging, so class maps stay crisp).
+        gap: white pixels between cells.
+        title_height: height of the title strip.
+    """
+    shapes = {c.shape[:2] for _, c in cells}
+    if len(shapes) != 1:
+        raise ValueError(f"panel: the pictures must share one size, got {sorted(shapes)}")
+    scale = size / max(next(iter(shapes)))
+    columns = []
+    for title, image in cells:
+        picture, label = _scaled(np.ascontiguousarray(image), scale), text_patch(title, title_height)
+        width = max(picture.shape[1], label.shape[1])
+        column = np.full((title_height + picture.shape[0], width, 3), _WHITE, dtype=np.uint8)
+        x = (width - label.shape[1]) // 2
+        column[:title_height, x:x + label.shape[1]] = label
+        x = (width - picture.shape[1]) // 2
+        column[title_height:, x:x + picture.shape[1]] = picture
+        columns += [column, np.full((column.shape[0], gap, 3), _WHITE, dtype=np.uint8)]
+    return np.concatenate(columns[:-1], axis=1)
+
+
+def legend(labels_of: LabelSet, rows_per_column: int = 20, row_height: int = 20, swatch: int = 14) -> np.ndarray:
+    """RGB image of a label set: its title, then one row per class, a colour swatch and ``"<k> <name>"``, in
+    columns of ``rows_per_column`` rows."""
+    n = len(labels_of.names)
+    colors = labels_of.colors.numpy()
+    n_cols = math.ceil(n / rows_per_column)
+    rows = min(n, rows_per_column)
+    texts = [text_patch(f"{k} {name}", row_height) for k, name in enumerate(labels_of.names)]
+    col_width = swatch + 8 + max(t.shape[1] for t in texts)
+    title = text_patch(labels_of.title, row_height + 4)
+    width = max(n_cols * col_width, title.shape[1])
+    image = np.full((title.shape[0] + rows * row_height + 4, width, 3), _WHITE, dtype=np.uint8)
+    image[:title.shape[0], :title.shape[1]] = title
+    for k, text in enumerate(texts):
+        col, row = divmod(k, rows_per_column)
+        y, x = title.shape[0] + row * row_height, col * col_width + 4
+        top = y + (row_height - swatch) // 2
+        image[top:top + swatch, x:x + swatch] = colors[k]
+        image[y:y + row_height, x + swatch + 4:x + swatch + 4 + text.shape[1]] = text
+    return image
+
+
+# --------------------------------------------------------------------------------------------------------
+# TensorBoard grids
+
+
+def _target_to_image(task: str, target: Tensor, labels_of: Optional[LabelSet]) -> Tensor:
     """One target ``(C, H, W)`` or ``(H, W)`` -> image."""
-    if task in ("semseg", "human_parts"):
-        return colorize_labels(_squeeze(target).long(), num_classes)
+    if task in LABEL_TASKS:
+        return colorize_labels(_squeeze(target).long(), labels_of)
     if task in ("sal", "edge"):
         return edge_to_image(target, logits=False)
     if task == "normals":
         return normals_to_image(target)
     if task == "depth":
         return depth_to_image(target)
-    raise ValueError(f"no visualisation for task {task!r}; valid: semseg, human_parts, sal, edge, normals, depth")
+    raise ValueError(f"no picture for task {task!r}; valid: semseg, human_parts, sal, edge, normals, depth")
 
 
 def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[str, Tensor], tasks: Iterable[str],
-                    max_items: int = 2) -> dict[str, Tensor]:
+                    dataset: str, max_items: int = 2) -> dict[str, Tensor]:
     """Per task, a ``(3, rows·H, cols·W)`` uint8 grid: one row per item, ``input | prediction | target``.
 
     Args:
@@ -133,6 +375,7 @@ def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[s
             when its size differs (Cityscapes labels are 1024×2048, inputs 512×1024). Without it the row is
             ``input | prediction``.
         tasks: the tasks to draw.
+        dataset: ``train_db_name``, for the class colours (:data:`LABEL_SETS`).
         max_items: the first ``max_items`` items of the batch are drawn.
     """
     n_items = min(int(image.shape[0]), max_items)
@@ -140,6 +383,7 @@ def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[s
     inputs = [denormalize_image(image[i]) for i in range(n_items)]
     grids = {}
     for task in tasks:
+        labels_of = label_set(dataset, task) if task in LABEL_TASKS else None
         pred = preds[task].detach().float()
         if tuple(pred.shape[-2:]) != size:
             pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
@@ -149,10 +393,10 @@ def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[s
             target = target.reshape(image.shape[0], -1, *size)
         rows = []
         for i in range(n_items):
-            depth_range = _valid_range(target[i]) if task == "depth" and target is not None else (None, None)
-            cells = [inputs[i], _pred_to_image(task, pred[i].cpu(), depth_range)]
+            span = depth_range(target[i]) if task == "depth" and target is not None else None
+            cells = [inputs[i], prediction_image(task, pred[i].cpu(), labels_of, span)]
             if target is not None:
-                cells.append(_target_to_image(task, target[i].detach().cpu(), pred.shape[1]))
+                cells.append(_target_to_image(task, target[i].detach().cpu(), labels_of))
             rows.append(torch.cat(cells, dim=2))
         grids[task] = torch.cat(rows, dim=1)
     return grids
