@@ -68,8 +68,8 @@ def save_prediction_maps(preds: Mapping[str, torch.Tensor], batch: Mapping[str, 
     """
     names, sizes = batch["meta"]["img_name"], batch["meta"]["img_size"]
     for t in tasks:
-        labels_of = label_set(dataset, t) if t in LABEL_TASKS else None
         p = preds[t]
+        labels_of = label_set(dataset, t, p.shape[1]) if t in LABEL_TASKS else None
         for i, name in enumerate(names):
             h, w = (int(v) for v in sizes[i])
             top, _, left, _ = PadImage.offsets(h, w, p.shape[-2:])

@@ -262,7 +262,7 @@ def predict(cfg: Any, checkpoint: str | os.PathLike, inputs: Sequence[str | os.P
         raise ValueError(f"model.name={cfg.model.name!r} takes the inputs {list(model_inputs)}; predict provides "
                          f"{list(PROVIDED_INPUTS)} only (missing: {unknown})")
     tasks = list(cfg.TASKS.NAMES)
-    labels = {t: label_set(cfg.train_db_name, t) for t in tasks if t in LABEL_TASKS}
+    labels = {t: label_set(cfg.train_db_name, t, cfg.TASKS.NUM_OUTPUT[t]) for t in tasks if t in LABEL_TASKS}
     scale = tuple(int(v) for v in cfg.TEST.SCALE)
     rank, world = get_rank(), get_world_size()
     sampler = ShardSampler(len(paths), rank, world)

@@ -8,7 +8,9 @@ map looks the same everywhere. The colours are fixed (nothing random):
   bit-interleaved map of the VOC devkit's ``VOClabelcolormap.m``), the colour its value in the dataset's own label
   PNGs has in a VOC-palette viewer. PASCAL semseg and human parts start at entry 0 (background black, aeroplane
   (128, 0, 0), person (192, 128, 128); head (128, 0, 0)); NYUD's 40 classes, stored as 1..40, start at entry 1
-  (wall (128, 0, 0), floor (0, 128, 0)). Ignored pixels (255) get entry 255, VOC's void colour (224, 224, 192).
+  (wall (128, 0, 0), floor (0, 128, 0)); DDD17 and DSEC's 11 classes start at entry 0. Cityscapes (and DSEC's 19
+  Cityscapes classes) use the Cityscapes scripts' own colours (road (128, 64, 128), car (0, 0, 142)). Ignored pixels
+  (255) get entry 255, VOC's void colour (224, 224, 192).
   :func:`legend` draws a label set's colours beside its class names.
 * depth: OpenCV's ``COLORMAP_INFERNO`` over the map's own [min, max] (near bright yellow, far black); the range is
   returned by :func:`depth_range` so that it can be printed with the picture.
@@ -34,6 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data.cityscapes import CITYSCAPES_CLASSES
+from data.ddd17 import DDD17_CLASSES
+from data.dsec import DSEC_CLASSES
 from data.nyud import NYUD_CLASSES
 from data.pascal_context import HUMAN_PARTS_CLASSES, PASCAL_CLASSES
 from data.transforms import IGNORE, IMAGENET_MEAN, IMAGENET_STD
@@ -80,14 +85,18 @@ class LabelSet:
     Args:
         title: what the legend is headed with.
         names: class names in output order (class ``k`` is channel ``k`` of the logits).
-        first_entry: the VOC colour-map entry of class 0.
+        first_entry: the VOC colour-map entry of class 0 (when ``palette`` is None).
+        palette: the dataset's own RGB colour per class, where it has an official one (Cityscapes).
     """
 
     title: str
     names: tuple[str, ...]
-    first_entry: int
+    first_entry: int = 0
+    palette: Optional[tuple[tuple[int, int, int], ...]] = None
 
     def __post_init__(self) -> None:
+        if self.palette is not None and len(self.palette) != len(self.names):
+            raise ValueError(f"{self.title}: {len(self.palette)} colours for {len(self.names)} classes")
         if self.first_entry < 0 or self.first_entry + len(self.names) > IGNORE:
             raise ValueError(f"{self.title}: {len(self.names)} classes from VOC entry {self.first_entry} would reach "
                              f"the ignore colour (entry {IGNORE})")
@@ -95,25 +104,39 @@ class LabelSet:
     @property
     def colors(self) -> Tensor:
         """``(len(names), 3)`` uint8 RGB, one row per class."""
+        if self.palette is not None:
+            return torch.tensor(self.palette, dtype=torch.uint8)
         return _voc_colormap()[self.first_entry:self.first_entry + len(self.names)].clone()
 
 
-# (train_db_name, task) -> its classes; a dataset with class maps adds its row here
-LABEL_SETS: dict[tuple[str, str], LabelSet] = {
-    ("NYUD", "semseg"): LabelSet("NYUD semantic segmentation (40 classes)", NYUD_CLASSES, 1),
-    ("PASCALContext", "semseg"): LabelSet("PASCAL-Context semantic segmentation (21 classes)", PASCAL_CLASSES, 0),
-    ("PASCALContext", "human_parts"): LabelSet("PASCAL-Context human parts (7 classes)", HUMAN_PARTS_CLASSES, 0),
+# the 19 train classes' colours of the Cityscapes scripts (labels.py), in trainId order
+CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+                      (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
+                      (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32))
+
+# (train_db_name, task, number of classes) -> its classes; a dataset with class maps adds its row here
+LABEL_SETS: dict[tuple[str, str, int], LabelSet] = {
+    ("NYUD", "semseg", 40): LabelSet("NYUD semantic segmentation (40 classes)", NYUD_CLASSES, 1),
+    ("PASCALContext", "semseg", 21): LabelSet("PASCAL-Context semantic segmentation (21 classes)", PASCAL_CLASSES),
+    ("PASCALContext", "human_parts", 7): LabelSet("PASCAL-Context human parts (7 classes)", HUMAN_PARTS_CLASSES),
+    ("Cityscapes", "semseg", 19): LabelSet("Cityscapes semantic segmentation (19 classes)", CITYSCAPES_CLASSES,
+                                           palette=CITYSCAPES_PALETTE),
+    ("DDD17", "semseg", 6): LabelSet("DDD17 semantic segmentation (6 classes)", DDD17_CLASSES),
+    ("DSEC", "semseg", 11): LabelSet("DSEC-Semantic segmentation (11 classes)", DSEC_CLASSES[11]),
+    ("DSEC", "semseg", 19): LabelSet("DSEC-Semantic segmentation (19 Cityscapes classes)", DSEC_CLASSES[19],
+                                     palette=CITYSCAPES_PALETTE),
 }
 
 
-def label_set(dataset: str, task: str) -> LabelSet:
-    """The classes of ``task`` on ``dataset`` (a ``train_db_name``), or an error listing the known pairs."""
+def label_set(dataset: str, task: str, num_classes: int) -> LabelSet:
+    """The ``num_classes`` classes of ``task`` on ``dataset`` (a ``train_db_name``), or an error listing the known
+    label sets."""
     try:
-        return LABEL_SETS[(dataset, task)]
+        return LABEL_SETS[(dataset, task, int(num_classes))]
     except KeyError:
-        known = ", ".join(f"{d}/{t}" for d, t in LABEL_SETS)
-        raise ValueError(f"no class names and colours for task {task!r} on dataset {dataset!r}; known: {known}") \
-            from None
+        known = ", ".join(f"{d}/{t} ({n})" for d, t, n in LABEL_SETS)
+        raise ValueError(f"no class names and colours for task {task!r} with {num_classes} classes on dataset "
+                         f"{dataset!r}; known: {known}") from None
 
 
 def colorize_labels(labels: Tensor, labels_of: LabelSet) -> Tensor:
@@ -383,8 +406,8 @@ def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[s
     inputs = [denormalize_image(image[i]) for i in range(n_items)]
     grids = {}
     for task in tasks:
-        labels_of = label_set(dataset, task) if task in LABEL_TASKS else None
         pred = preds[task].detach().float()
+        labels_of = label_set(dataset, task, pred.shape[1]) if task in LABEL_TASKS else None
         if tuple(pred.shape[-2:]) != size:
             pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
         target = batch.get(task) if isinstance(batch, Mapping) else None

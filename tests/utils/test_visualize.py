@@ -3,6 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from data.cityscapes import CITYSCAPES_CLASSES
+from data.ddd17 import DDD17_CLASSES
+from data.dsec import DSEC_CLASSES
 from data.nyud import NYUD_CLASSES
 from data.pascal_context import HUMAN_PARTS_CLASSES, PASCAL_CLASSES
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -25,24 +28,31 @@ def contains(image, patch):
 
 def test_palettes_per_dataset():
     assert voc_colormap().tolist() == [ref_voc_color(e) for e in range(256)]
-    sizes = {("NYUD", "semseg"): 40, ("PASCALContext", "semseg"): 21, ("PASCALContext", "human_parts"): 7}
-    assert {key: len(s.names) for key, s in LABEL_SETS.items()} == sizes
-    for (dataset, task), n in sizes.items():
-        colors = label_set(dataset, task).colors.tolist()
+    sizes = {("NYUD", "semseg", 40), ("PASCALContext", "semseg", 21), ("PASCALContext", "human_parts", 7),
+             ("Cityscapes", "semseg", 19), ("DDD17", "semseg", 6), ("DSEC", "semseg", 11), ("DSEC", "semseg", 19)}
+    assert set(LABEL_SETS) == sizes and all(len(s.names) == key[2] for key, s in LABEL_SETS.items())
+    for dataset, task, n in sizes:
+        colors = label_set(dataset, task, n).colors.tolist()
         assert len(colors) == n and len({tuple(c) for c in colors}) == n
+    cityscapes = label_set("Cityscapes", "semseg", 19)
+    assert cityscapes.names == CITYSCAPES_CLASSES and cityscapes.colors[0].tolist() == [128, 64, 128]     # road
+    assert cityscapes.colors[13].tolist() == [0, 0, 142]                                                  # car
+    assert label_set("DSEC", "semseg", 11).names == DSEC_CLASSES[11] and label_set("DDD17", "semseg", 6).names \
+        == DDD17_CLASSES
     # the colour of a class is the VOC colour of its value in the dataset's label PNGs: NYUD stores class k as k + 1
-    assert label_set("NYUD", "semseg").colors.tolist() == [ref_voc_color(k + 1) for k in range(40)]
-    pascal = label_set("PASCALContext", "semseg").colors.tolist()
+    assert label_set("NYUD", "semseg", 40).colors.tolist() == [ref_voc_color(k + 1) for k in range(40)]
+    pascal = label_set("PASCALContext", "semseg", 21).colors.tolist()
     assert pascal[0] == [0, 0, 0] and pascal[1] == [128, 0, 0] and pascal[15] == [192, 128, 128]   # bg, plane, person
-    assert label_set("NYUD", "semseg").names == NYUD_CLASSES
-    assert label_set("PASCALContext", "semseg").names == PASCAL_CLASSES
-    assert label_set("PASCALContext", "human_parts").names == HUMAN_PARTS_CLASSES
-    with pytest.raises(ValueError, match="task .human_parts. on dataset .NYUD.; known: NYUD/semseg"):
-        label_set("NYUD", "human_parts")
+    assert label_set("NYUD", "semseg", 40).names == NYUD_CLASSES
+    assert label_set("PASCALContext", "semseg", 21).names == PASCAL_CLASSES
+    assert label_set("PASCALContext", "human_parts", 7).names == HUMAN_PARTS_CLASSES
+    with pytest.raises(ValueError, match=r"task .human_parts. with 7 classes on dataset .NYUD.; known: NYUD/semseg "
+                                         r"\(40\)"):
+        label_set("NYUD", "human_parts", 7)
 
 
 def test_colorize_labels_palette_and_ignore():
-    nyud = label_set("NYUD", "semseg")
+    nyud = label_set("NYUD", "semseg", 40)
     img = colorize_labels(torch.tensor([[0, 1], [255, 40]]), nyud)
     assert img.shape == (3, 2, 2) and img.dtype == torch.uint8
     assert img[:, 0, 0].tolist() == [128, 0, 0] and img[:, 0, 1].tolist() == [0, 128, 0]
@@ -79,7 +89,7 @@ def test_depth_normals_edge_images():
 
 def test_prediction_maps_encodings():
     logits = torch.tensor([[[0.0, 2.0]], [[1.0, -1.0]]])                       # (2, 1, 2)
-    parts = prediction_maps("human_parts", logits, label_set("PASCALContext", "human_parts"))
+    parts = prediction_maps("human_parts", logits, label_set("PASCALContext", "human_parts", 7))
     assert parts.data.tolist() == [[1, 0]] and parts.color.tolist() == [[[128, 0, 0], [0, 0, 0]]]
     sal = prediction_maps("sal", logits)
     assert sal.data.tolist() == [[round(255 / (1 + np.exp(-1.0))), round(255 / (1 + np.exp(3.0)))]]
@@ -123,7 +133,7 @@ def test_prediction_grid_shapes():
         assert g.shape == (3, 2 * h, 3 * w) and g.dtype == torch.uint8
     # the semseg prediction cell is the colour of the argmax class, the target cell that of the target class
     cls, target = int(preds["semseg"][0, :, 0, 0].argmax()), int(batch["semseg"][0, 0, 0, 0])
-    colors = label_set("PASCALContext", "semseg").colors
+    colors = label_set("PASCALContext", "semseg", 21).colors
     assert grids["semseg"][:, 0, w].tolist() == colors[cls].tolist()
     assert grids["semseg"][:, 0, 2 * w].tolist() == colors[target].tolist()
     # without targets: input | prediction
