@@ -14,7 +14,7 @@ from torch import Tensor
 from data.transforms import IGNORE, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["palette", "colorize_labels", "depth_to_image", "normals_to_image", "edge_to_image", "gray_to_image",
-           "denormalize_image", "prediction_grid"]
+           "denormalize_image", "event_image", "prediction_grid"]
 
 
 def palette(num_colors: int) -> Tensor:
@@ -89,6 +89,27 @@ def denormalize_image(image: Tensor) -> Tensor:
     return (rgb.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def event_image(events: Tensor, quantile: float = 0.99) -> Tensor:
+    """Event voxel grid ``(bins, H, W)`` -> ``(3, H, W)`` uint8: the grid summed over its time bins (the net
+    polarity of each pixel), positive red and negative blue on black. Full intensity is reached at the ``quantile``
+    of the non-zero magnitudes, so that a few busy pixels do not darken all the others."""
+    net = events.detach().float().cpu().sum(0)                                   # (H, W)
+    magnitude = net.abs()
+    active = magnitude[magnitude > 0]
+    scale = float(torch.quantile(active, quantile)) if active.numel() else 1.0
+    level = ((magnitude / scale).clamp(0, 1) * 255).round().to(torch.uint8)
+    zero = torch.zeros_like(level)
+    return torch.stack([torch.where(net > 0, level, zero), zero, torch.where(net < 0, level, zero)])
+
+
+def _frame_to_image(image: Tensor, normalized: bool) -> Tensor:
+    """An input frame ``(C, H, W)`` -> ``(3, H, W)`` uint8: ImageNet-normalised RGB, or grey / RGB in [0, 1]."""
+    if normalized:
+        return denormalize_image(image)
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.expand(3, -1, -1).contiguous() if pixels.shape[0] == 1 else pixels
+
+
 def _pred_to_image(task: str, pred: Tensor, depth_range: tuple = (None, None)) -> Tensor:
     """One prediction ``(n, H, W)`` -> image; depth is drawn over ``depth_range`` (the target's, when known)."""
     if task in ("semseg", "human_parts"):
@@ -123,21 +144,29 @@ def _target_to_image(task: str, target: Tensor, num_classes: int) -> Tensor:
 
 
 def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[str, Tensor], tasks: Iterable[str],
-                    max_items: int = 2) -> dict[str, Tensor]:
-    """Per task, a ``(3, rows·H, cols·W)`` uint8 grid: one row per item, ``input | prediction | target``.
+                    max_items: int = 2, normalized: bool = True) -> dict[str, Tensor]:
+    """Per task, a ``(3, rows·H, cols·W)`` uint8 grid: one row per item, ``input | prediction | target``, with the
+    :func:`event_image` of ``batch["events"]`` after the input when the batch has event voxel grids.
 
     Args:
-        image: normalised input batch ``(B, 3, H, W)``.
+        image: input batch ``(B, C, H, W)``: ImageNet-normalised RGB (``normalized``), else grey or RGB in [0, 1].
         preds: ``{task: (B, n, h, w)}`` raw outputs; resized bilinearly to ``(H, W)`` when their size differs.
         batch: the loader's batch; ``batch[task]`` ``(B, C, h, w)`` is the target, resized (nearest) to ``(H, W)``
             when its size differs (Cityscapes labels are 1024×2048, inputs 512×1024). Without it the row is
             ``input | prediction``.
         tasks: the tasks to draw.
         max_items: the first ``max_items`` items of the batch are drawn.
+        normalized: whether ``image`` is ImageNet-normalised (the event datasets' frames are not).
     """
     n_items = min(int(image.shape[0]), max_items)
     size = tuple(image.shape[-2:])
-    inputs = [denormalize_image(image[i]) for i in range(n_items)]
+    events = batch.get("events") if isinstance(batch, Mapping) else None
+    inputs = []
+    for i in range(n_items):
+        cells = [_frame_to_image(image[i], normalized)]
+        if events is not None:
+            cells.append(event_image(events[i]))
+        inputs.append(torch.cat(cells, dim=2))
     grids = {}
     for task in tasks:
         pred = preds[task].detach().float()
