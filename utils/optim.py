@@ -1,9 +1,9 @@
 """Optimizers and learning-rate schedules of the recipes, and the check of their config keys.
 
 The official recipes train every parameter in one group (weight decay on everything) with AdamW or Adam and a
-poly schedule stepped once per iteration (MambaSeg: a constant learning rate). ``optimizer_kwargs`` are passed to the optimizer;
-:func:`check_optimizer_kwargs` rejects a key the optimizer does not take or a value of the wrong type before anything
-is built.
+poly schedule stepped once per iteration (MambaSeg: a constant learning rate). ``optimizer_kwargs`` are passed to the
+optimizer; :func:`check_optimizer_kwargs` rejects a key the optimizer does not take or a value of the wrong type before
+anything is built.
 """
 from __future__ import annotations
 

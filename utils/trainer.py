@@ -232,8 +232,8 @@ class Trainer:
         return {t: v.item() for t, v in losses.items()}
 
     def validate(self) -> dict[str, dict[str, float]]:
-        """Evaluate, log, and save best.pth when the selection score improves (:func:`evaluation.evaluator.
-        selection_metric`; none: every validation is kept); the training random stream is untouched."""
+        """Evaluate, log, and save best.pth when the metric of :func:`~evaluation.evaluator.selection_metric`
+        improves (at every validation when there is none); the training random stream is untouched."""
         with preserved_rng():
             evaluation = evaluate(self.model, self.val_loader, self.cfg, self.device, amp_dtype=self.amp_dtype)
             if self.writer is not None:
