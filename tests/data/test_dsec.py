@@ -210,7 +210,8 @@ def test_config_keys(tmp_path):
     from utils.config import ConfigError, load_config
     path = tmp_path / "dsec.yml"
     path.write_text(yaml.safe_dump({"train_db_name": "DSEC", "task_dictionary": {"include_semseg": True},
-                                    "TRAIN": {"SCALE": [440, 640]}, "TEST": {"SCALE": [440, 640]}}))
+                                    "TRAIN": {"SCALE": [440, 640]}, "TEST": {"SCALE": [440, 640]},
+                                    "model": {"name": "mambaseg", "pretrained": False}}))   # any input size
     cfg = load_config(path)
     assert cfg.TASKS.NUM_OUTPUT == {"semseg": 11} and cfg.dsec == {"num_classes": 11, "num_events": 100_000}
     assert load_config(path, ["dsec.num_classes=19"]).TASKS.NUM_OUTPUT == {"semseg": 19}
