@@ -11,8 +11,9 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["DATASET_FOLDERS", "EVENT_DATASETS", "resolve_db_root", "build_dataset", "build_transforms",
-           "build_dataloaders", "build_val_loader", "seed_worker", "fork_safe_opencv", "ShardSampler"]
+__all__ = ["DATASET_FOLDERS", "EVENT_DATASETS", "eval_split", "normalizes_frames", "resolve_db_root", "build_dataset",
+           "build_transforms", "build_dataloaders", "build_val_loader", "seed_worker", "fork_safe_opencv",
+           "ShardSampler"]
 
 _logger = logging.getLogger(__name__)
 
@@ -21,6 +22,18 @@ DATASET_FOLDERS = {"NYUD": "NYUDv2", "PASCALContext": "PASCALContext", "Cityscap
                    "DDD17": "DDD17", "DSEC": "DSEC"}
 # frame + event datasets (MAMBASEG.md §5): no val split, the official code evaluates and selects on test
 EVENT_DATASETS = ("DDD17", "DSEC")
+
+
+def eval_split(db_name: str) -> str:
+    """The split behind "val" (validation while training, ``infer``): ``test`` for the event datasets, which have
+    no val split (the official code evaluates and selects its best model on test, MAMBASEG.md §6), else ``val``."""
+    return "test" if db_name in EVENT_DATASETS else "val"
+
+
+def normalizes_frames(db_name: str) -> bool:
+    """Whether the pipeline of ``db_name`` normalises frames with the ImageNet mean/std (DATA.md §4); the event
+    datasets keep them in [0, 1] (MAMBASEG.md §5)."""
+    return db_name not in EVENT_DATASETS
 
 
 def resolve_db_root(cfg: Any) -> Path:
@@ -40,7 +53,7 @@ def build_dataset(cfg: Any, split: str, transform: Optional[Any] = None):
         raise ValueError(f"train_db_name={name!r} is not supported; valid: {sorted(DATASET_FOLDERS)}")
     root = resolve_db_root(cfg) / DATASET_FOLDERS[name]
     if name in EVENT_DATASETS:
-        return _build_event_dataset(cfg, name, root, "test" if split == "val" else split, transform)
+        return _build_event_dataset(cfg, name, root, eval_split(name) if split == "val" else split, transform)
     tasks = list(cfg.TASKS.NAMES)
     if name == "NYUD":
         from data.nyud import NYUDv2

@@ -4,8 +4,9 @@
 
 Baselines come from versioned YAML files in ``evaluation/baselines/`` that record provenance and units; no
 baseline exists for PASCAL-Context and Cityscapes (no single-task row is published for them), and the table says
-so instead of printing a number. A value computed with the validation edge proxy (fast 19-threshold odsF, or without
-the edge term) is a *Δm proxy* and is labelled as such everywhere; it is never a paper-comparable Δm.
+so instead of printing a number; it says so too for a single-task run (DDD17, DSEC), where Δm does not apply. A
+value computed with the validation edge proxy (fast 19-threshold odsF, or without the edge term) is a *Δm proxy*
+and is labelled as such everywhere; it is never a paper-comparable Δm.
 """
 from __future__ import annotations
 
@@ -43,9 +44,10 @@ DELTA_M_SPECS: dict[str, tuple[MetricSpec, ...]] = {
                       MetricSpec("edge", "odsF", True, "percent")),
 }
 
-# Baseline file per dataset; None = no published single-task row (§8).
+# Baseline file per dataset; None = no published single-task row (§8). DDD17 and DSEC have one task, semseg
+# (MAMBASEG.md §6), where Δm does not apply.
 DEFAULT_BASELINES: dict[str, str | None] = {"NYUD": "nyud_mtmamba_table2.yaml", "PASCALContext": None,
-                                            "Cityscapes": None}
+                                            "Cityscapes": None, "DDD17": None, "DSEC": None}
 
 _TO_CANONICAL: dict[tuple[str, str], float] = {("fraction", "percent"): 100.0, ("percent", "percent"): 1.0,
                                                 ("m", "m"): 1.0, ("deg", "deg"): 1.0}
@@ -156,9 +158,12 @@ def truncate_2dp(x: float) -> float:
 def format_delta_m(dataset: str, results: Mapping[str, Mapping[str, float]] | None = None, *,
                    baseline: Baseline | None = None, units: Mapping[str, str] | None = None,
                    proxy: bool = False) -> str:
-    """One human-readable line for logs and tables; says so when no baseline is configured for ``dataset``."""
+    """One human-readable line for logs and tables; says so when no baseline is configured for ``dataset``, and
+    that Δm does not apply when ``results`` hold a single task."""
     baseline = default_baseline(dataset) if baseline is None else baseline
     if baseline is None:
+        if results is not None and len(results) == 1:
+            return "Δm: n/a (one task; Δm compares a multi-task model with single-task ones)"
         return "Δm: n/a (no published single-task baseline)"
     name = "Δm proxy (validation)" if proxy else "Δm"
     if results is None:

@@ -29,7 +29,7 @@ from utils.distributed import all_gather_object, all_reduce_state, is_main_proce
 from utils.visualize import LABEL_TASKS, label_set, prediction_maps, save_task_maps
 
 __all__ = ["HEADLINE_METRICS", "DEPTH_VALID_RANGES", "Evaluation", "build_meters", "evaluate", "save_prediction_maps",
-           "metrics_table", "load_trained_model", "infer"]
+           "selection_metric", "metrics_table", "load_trained_model", "infer"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +111,15 @@ def evaluate(model: nn.Module, loader, cfg: Any, device: torch.device, *,
     Images whose prediction or ground truth of a task holds NaN/Inf are left out of that task's meter, named in
     :attr:`Evaluation.nonfinite`, and the task's metrics are NaN: a number computed without them would mislead.
     """
+    from models.registry import batch_inputs
+
     model.eval()
     meters = build_meters(cfg)
     nonfinite: dict[str, dict[str, list[str]]] = {}
     for batch in tqdm(loader, desc="eval", disable=not is_main_process(), leave=False, dynamic_ncols=True):
-        image = batch["image"].to(device, non_blocking=True)
+        inputs = batch_inputs(model, batch, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            preds = model(image)
+            preds = model(*inputs)
         names = batch["meta"]["img_name"]
         for t in cfg.TASKS.NAMES:
             pred = preds[t].float().cpu()
@@ -153,10 +155,23 @@ def evaluate(model: nn.Module, loader, cfg: Any, device: torch.device, *,
     return Evaluation(results, nonfinite)
 
 
+def selection_metric(results: Mapping[str, Mapping[str, float]]) -> tuple[str, str, bool] | None:
+    """The ``(task, metric, higher_is_better)`` that best.pth is selected on: the Δm proxy when ``results`` hold one
+    (``delta_m_proxy``), else the headline metric of a single-task run (MambaSeg: semseg mIoU); None when there is
+    neither (a multi-task run without a Δm baseline keeps its latest validation)."""
+    if "delta_m_proxy" in results:
+        return "delta_m_proxy", "value", True
+    if len(results) == 1:
+        task = next(iter(results))
+        return (task, *HEADLINE_METRICS[task])
+    return None
+
+
 def metrics_table(results: Mapping[str, Mapping[str, float]], dataset: str, delta_line: str,
-                  nonfinite_line: str = "") -> str:
-    """A markdown table: the headline metric of each task first, then the others, then the Δm line; a non-finite
-    value shows as ``n/a (non-finite)`` and ``nonfinite_line`` says where it came from."""
+                  nonfinite_line: str = "", split: str = "validation") -> str:
+    """A markdown table under the title ``<dataset> <split>``: the headline metric of each task first, then the
+    others, then the Δm line; a non-finite value shows as ``n/a (non-finite)`` and ``nonfinite_line`` says where it
+    came from."""
     lines = ["| task | metric | value |", "|---|---|---|"]
     for task, metrics in results.items():
         head = HEADLINE_METRICS.get(task, (None, True))[0]
@@ -166,7 +181,7 @@ def metrics_table(results: Mapping[str, Mapping[str, float]], dataset: str, delt
             shown = f"{value:.4f}" if math.isfinite(value) else "n/a (non-finite)"
             lines.append(f"| {task} | {name}{arrow} | {shown} |")
     notes = [delta_line] + ([nonfinite_line] if nonfinite_line else [])
-    return "\n".join([f"{dataset} validation", "", *lines, "", *notes])
+    return "\n".join([f"{dataset} {split}", "", *lines, "", *notes])
 
 
 def _json_safe(results: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
@@ -222,7 +237,7 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     The run's training ``config.yaml`` is left alone: metrics.json records the config of this evaluation.
     Non-finite predictions or ground truth are named (task, image ids) in the log, the table and metrics.json.
     """
-    from data import build_val_loader
+    from data import build_val_loader, eval_split
     from evaluation.delta_m import format_delta_m
     from utils.config import AMP_DTYPES, config_to_dict
     from utils.distributed import barrier, init_distributed
@@ -249,7 +264,8 @@ def infer(cfg: Any, checkpoint: str | Path, run_dir: Path | None = None,
     if problems:
         logger.error("%s: their tasks' metrics are marked n/a (null in metrics.json)", problems)
     if is_main_process():
-        table = metrics_table(results, cfg.val_db_name, delta_line, problems)
+        split = "test split" if eval_split(cfg.val_db_name) == "test" else "validation"
+        table = metrics_table(results, cfg.val_db_name, delta_line, problems, split)
         print(table)
         write_text(run_dir / "metrics.md", table + "\n")
         record = {"checkpoint": str(checkpoint), "iteration": state.get("iteration"), "results": _json_safe(results),

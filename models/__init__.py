@@ -9,9 +9,9 @@ from . import mtmamba  # noqa: F401  (registers "mtmamba")
 from . import mtmamba_plus  # noqa: F401  (registers "mtmamba_plus")
 from . import pame  # noqa: F401  (registers "pame_vit", "pame_swin")
 from .execution import enable_grad_checkpointing, set_exec_mode
-from .registry import MODEL_REGISTRY, register_model
+from .registry import MODEL_REGISTRY, batch_inputs, model_inputs, register_model
 
-__all__ = ["MODEL_REGISTRY", "build_model", "register_model"]
+__all__ = ["MODEL_REGISTRY", "build_model", "register_model", "model_inputs", "batch_inputs"]
 
 
 def build_model(cfg) -> nn.Module:

@@ -84,7 +84,7 @@ DEFAULTS: dict[str, Any] = {
         "betas": [0.9, 0.999],       # Adam moments
         "eps": 1.0e-8,               # Adam epsilon
     },
-    "scheduler": "poly",             # poly: lr·(1 − it/max_iter)^power, stepped every iteration
+    "scheduler": "poly",             # poly: lr·(1 − it/max_iter)^power, stepped every iteration | constant: lr
     "scheduler_kwargs": {
         "power": 0.9,                # exponent of the poly schedule
     },

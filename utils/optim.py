@@ -1,9 +1,9 @@
 """Optimizers and learning-rate schedules of the recipes, and the check of their config keys.
 
 The official recipes train every parameter in one group (weight decay on everything) with AdamW or Adam and a
-poly schedule stepped once per iteration. ``optimizer_kwargs`` are passed to the optimizer;
-:func:`check_optimizer_kwargs` rejects a key the optimizer does not take or a value of the wrong type before anything
-is built.
+poly schedule stepped once per iteration (MambaSeg: a constant learning rate). ``optimizer_kwargs`` are passed to the
+optimizer; :func:`check_optimizer_kwargs` rejects a key the optimizer does not take or a value of the wrong type before
+anything is built.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ __all__ = ["OPTIMIZERS", "SCHEDULERS", "check_optimizer_kwargs", "build_optimize
            "optimizer_arguments"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
-SCHEDULERS = ("poly",)
+SCHEDULERS = ("poly", "constant")
 
 
 def optimizer_arguments(name: str) -> dict[str, Any]:
@@ -69,6 +69,11 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """``poly``: lr · (1 − it / max_iter)^power, stepped once per iteration."""
+    """``cfg.scheduler``, stepped once per iteration: ``poly``: lr · (1 − it / max_iter)^power; ``constant``: lr
+    (MambaSeg's ``fixed`` schedule, MAMBASEG.md §6). A LambdaLR either way, so checkpoints hold the same state."""
+    if cfg.scheduler == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    if cfg.scheduler != "poly":
+        raise ValueError(f"scheduler={cfg.scheduler!r} is not valid; valid: {list(SCHEDULERS)}")
     max_iter, power = int(cfg.max_iter), float(cfg.scheduler_kwargs.power)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / max_iter) ** power)

@@ -1,8 +1,9 @@
 """The training loop: optimizer and schedule, AMP, checkpoints with exact resume, validation and logs.
 
 ``train(cfg)`` runs under torchrun (any number of processes) or as a plain process. Checkpoints go to
-``run_dir/checkpoints/last.pth`` (atomic; resumed from automatically) and ``best.pth`` (best validation Δm proxy,
-or the latest validation where no baseline exists).
+``run_dir/checkpoints/last.pth`` (atomic; resumed from automatically) and ``best.pth`` (best validation Δm proxy; a
+single-task run without a Δm baseline, such as MambaSeg, by its headline metric; otherwise the latest validation).
+Every model is fed the batch keys it declares (:func:`models.registry.batch_inputs`): one loop for all of them.
 
 Exact resume: a run resumed from any checkpoint reaches the same weights and optimizer state, bit for bit, as an
 uninterrupted run, whatever killed it (a crash inside a step, during validation or during a save):
@@ -34,11 +35,11 @@ import torch.nn as nn
 import yaml
 from tqdm import tqdm
 
-from data import build_dataloaders
+from data import build_dataloaders, eval_split, normalizes_frames
 from evaluation.delta_m import default_baseline, delta_m
-from evaluation.evaluator import evaluate
+from evaluation.evaluator import evaluate, selection_metric
 from losses import build_loss
-from models import build_model
+from models import batch_inputs, build_model
 from models.execution import compile_decoder
 from utils.checkpoint import (load_checkpoint, load_model_state, preserved_rng, rng_state, save_checkpoint,
                               set_rng_state, unwrap_model)
@@ -71,6 +72,14 @@ class Trainer:
         torch.manual_seed(self.seed)
         # the data first: a missing dataset is named before any encoder weights are downloaded
         self.train_loader, self.val_loader = build_dataloaders(cfg, seed=self.seed)
+        per_epoch = len(self.train_loader)
+        if per_epoch:
+            logger.info("max_iter %d = %.2f epochs of %d iterations (%d training images, batch %d x %d process(es))",
+                        int(cfg.max_iter), int(cfg.max_iter) / per_epoch, per_epoch, len(self.train_loader.dataset),
+                        int(cfg.trBatch), dist_info.world_size)
+        if eval_split(cfg.val_db_name) == "test":
+            logger.info("%s has no val split: validation runs on its test split, and best.pth is selected on the "
+                        "test split, as the official code does", cfg.val_db_name)
         model = compile_decoder(build_model(cfg).to(self.device), cfg.model.compile)
         if dist_info.is_distributed:
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
@@ -215,10 +224,10 @@ class Trainer:
         for k, batch in enumerate(micro_batches):
             skip_sync = self.dist.is_distributed and k < n - 1
             with self.model.no_sync() if skip_sync else contextlib.nullcontext():
-                image = batch["image"].to(self.device, non_blocking=True)
+                inputs = batch_inputs(self.model, batch, self.device)
                 targets = {t: batch[t].to(self.device, non_blocking=True) for t in self.cfg.TASKS.NAMES}
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    preds = self.model(image)
+                    preds = self.model(*inputs)
                 # at least fp32 (bf16/fp16 outputs of autocast are upcast, a float64 model stays float64)
                 losses = self.loss_fn({t: p.to(torch.promote_types(p.dtype, torch.float32)) for t, p in preds.items()},
                                       targets)
@@ -246,16 +255,21 @@ class Trainer:
                                      f"the state before this step is in {path} (last.pth is untouched)")
 
     def validate(self) -> dict[str, dict[str, float]]:
-        """Evaluate, log, and save best.pth when the score improves; the training random stream is untouched."""
+        """Evaluate, log, and save best.pth when the metric of :func:`~evaluation.evaluator.selection_metric`
+        improves (at every validation when there is none); the training random stream is untouched."""
         with preserved_rng():
             evaluation = evaluate(self.model, self.val_loader, self.cfg, self.device, amp_dtype=self.amp_dtype)
             if self.writer is not None:
                 self.log_prediction_images()
         results = evaluation.metrics
         baseline = default_baseline(self.cfg.train_db_name)
-        score = math.inf if baseline is None else delta_m(results, baseline, proxy=True).value
         if baseline is not None:
-            results["delta_m_proxy"] = {"value": score}
+            results["delta_m_proxy"] = {"value": delta_m(results, baseline, proxy=True).value}
+        selection = selection_metric(results)
+        score = None
+        if selection is not None:
+            sel_task, sel_metric, higher_is_better = selection
+            score = results[sel_task][sel_metric] if higher_is_better else -results[sel_task][sel_metric]
         if self.writer is not None:
             for task, metrics in results.items():
                 for name, value in metrics.items():
@@ -263,24 +277,30 @@ class Trainer:
         logger.info("iteration %d validation: %s", self.iteration,
                     "; ".join(f"{t} " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()) for t, m in results.items()))
         problems = evaluation.describe_nonfinite()
-        if problems or not math.isfinite(score):
+        if problems or (score is not None and not math.isfinite(score)):
             logger.warning("best.pth not updated at iteration %d: the validation has %s", self.iteration,
-                           problems or "a non-finite Δm proxy")
-        elif baseline is None or score > self.best_score:
-            self.best_score = score if baseline is not None else self.best_score
+                           problems or f"a non-finite {sel_task} {sel_metric}")
+        elif score is None or score > self.best_score:
+            self.best_score = self.best_score if score is None else score
             self.save("best.pth")
+            if score is not None:
+                where = " on the test split" if eval_split(self.cfg.val_db_name) == "test" else ""
+                logger.info("best.pth: iteration %d, best %s %s %.4f%s", self.iteration, sel_task, sel_metric,
+                            results[sel_task][sel_metric], where)
         self.validated_at = self.iteration
         return results
 
     @torch.no_grad()
     def log_prediction_images(self) -> None:
-        """TensorBoard grids (input | prediction | target) of the first validation batch, one per task."""
+        """TensorBoard grids (input | events, when the batch has them | prediction | target) of the first
+        validation batch, one per task."""
         batch = next(iter(self.val_loader))
         model = unwrap_model(self.model).eval()    # rank 0 only: bypass DDP and its collectives
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            preds = model(batch["image"].to(self.device))
+            preds = model(*batch_inputs(model, batch, self.device))
         grids = prediction_grid(batch["image"], {t: p.float().cpu() for t, p in preds.items()}, batch,
-                                self.cfg.TASKS.NAMES, dataset=self.cfg.train_db_name)
+                                self.cfg.TASKS.NAMES, dataset=self.cfg.train_db_name,
+                                normalized=normalizes_frames(self.cfg.val_db_name))
         for task, grid in grids.items():
             self.writer.add_image(f"val/{task}", grid, self.iteration)
 

@@ -18,6 +18,7 @@ map looks the same everywhere. The colours are fixed (nothing random):
 * edges and saliency: grey levels equal to the 8-bit maps that are saved (edges floor(255·σ(logit)), EVALUATION.md
   §1; saliency round(255·p(foreground))).
 * ignored pixels (255) of depth, normals, edge and saliency targets are black.
+* event voxel grids: :func:`event_image`, the net polarity per pixel, positive red and negative blue on black.
 
 Tensors follow the model's layout (``(C, H, W)``, pictures ``(3, H, W)`` uint8 RGB); the saved maps and the panel are
 numpy ``H×W[×3]`` arrays, RGB until :func:`save_task_maps` writes them.
@@ -47,7 +48,7 @@ from utils.fileio import write_png
 __all__ = ["LabelSet", "LABEL_SETS", "LABEL_TASKS", "TaskMaps", "voc_colormap", "label_set", "colorize_labels",
            "depth_range", "depth_to_image", "normals_to_image", "gray_to_image", "edge_to_image", "denormalize_image",
            "prediction_maps", "prediction_image", "save_task_maps", "save_image", "text_patch", "panel", "legend",
-           "prediction_grid"]
+           "event_image", "prediction_grid"]
 
 LABEL_TASKS = ("semseg", "human_parts")
 DEPTH_COLORMAP = cv2.COLORMAP_INFERNO
@@ -387,12 +388,34 @@ def _target_to_image(task: str, target: Tensor, labels_of: Optional[LabelSet]) -
     raise ValueError(f"no picture for task {task!r}; valid: semseg, human_parts, sal, edge, normals, depth")
 
 
+def event_image(events: Tensor, quantile: float = 0.99) -> Tensor:
+    """Event voxel grid ``(bins, H, W)`` -> ``(3, H, W)`` uint8: the grid summed over its time bins (the net
+    polarity of each pixel), positive red and negative blue on black. Full intensity is reached at the ``quantile``
+    of the non-zero magnitudes, so that a few busy pixels do not darken all the others."""
+    net = events.detach().float().cpu().sum(0)                                   # (H, W)
+    magnitude = net.abs()
+    active = magnitude[magnitude > 0]
+    scale = float(torch.quantile(active, quantile)) if active.numel() else 1.0
+    level = ((magnitude / scale).clamp(0, 1) * 255).round().to(torch.uint8)
+    zero = torch.zeros_like(level)
+    return torch.stack([torch.where(net > 0, level, zero), zero, torch.where(net < 0, level, zero)])
+
+
+def _frame_to_image(image: Tensor, normalized: bool) -> Tensor:
+    """An input frame ``(C, H, W)`` -> ``(3, H, W)`` uint8: ImageNet-normalised RGB, or grey / RGB in [0, 1]."""
+    if normalized:
+        return denormalize_image(image)
+    pixels = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.expand(3, -1, -1).contiguous() if pixels.shape[0] == 1 else pixels
+
+
 def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[str, Tensor], tasks: Iterable[str],
-                    dataset: str, max_items: int = 2) -> dict[str, Tensor]:
-    """Per task, a ``(3, rows·H, cols·W)`` uint8 grid: one row per item, ``input | prediction | target``.
+                    dataset: str, max_items: int = 2, normalized: bool = True) -> dict[str, Tensor]:
+    """Per task, a ``(3, rows·H, cols·W)`` uint8 grid: one row per item, ``input | prediction | target``, with the
+    :func:`event_image` of ``batch["events"]`` after the input when the batch has event voxel grids.
 
     Args:
-        image: normalised input batch ``(B, 3, H, W)``.
+        image: input batch ``(B, C, H, W)``: ImageNet-normalised RGB (``normalized``), else grey or RGB in [0, 1].
         preds: ``{task: (B, n, h, w)}`` raw outputs; resized bilinearly to ``(H, W)`` when their size differs.
         batch: the loader's batch; ``batch[task]`` ``(B, C, h, w)`` is the target, resized (nearest) to ``(H, W)``
             when its size differs (Cityscapes labels are 1024×2048, inputs 512×1024). Without it the row is
@@ -400,10 +423,17 @@ def prediction_grid(image: Tensor, preds: Mapping[str, Tensor], batch: Mapping[s
         tasks: the tasks to draw.
         dataset: ``train_db_name``, for the class colours (:data:`LABEL_SETS`).
         max_items: the first ``max_items`` items of the batch are drawn.
+        normalized: whether ``image`` is ImageNet-normalised (the event datasets' frames are not).
     """
     n_items = min(int(image.shape[0]), max_items)
     size = tuple(image.shape[-2:])
-    inputs = [denormalize_image(image[i]) for i in range(n_items)]
+    events = batch.get("events") if isinstance(batch, Mapping) else None
+    inputs = []
+    for i in range(n_items):
+        cells = [_frame_to_image(image[i], normalized)]
+        if events is not None:
+            cells.append(event_image(events[i]))
+        inputs.append(torch.cat(cells, dim=2))
     grids = {}
     for task in tasks:
         pred = preds[task].detach().float()
