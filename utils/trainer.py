@@ -40,6 +40,7 @@ from evaluation.evaluator import evaluate
 from losses import build_loss
 from models import build_model
 from models.execution import compile_decoder
+from models.pretrained import log_encoder_weights, require_encoder_weights
 from utils.checkpoint import (load_checkpoint, load_model_state, preserved_rng, rng_state, save_checkpoint,
                               set_rng_state, unwrap_model)
 from utils.config import AMP_DTYPES, RUNTIME_KEYS, ConfigError, config_diff, config_to_dict, save_config
@@ -71,7 +72,11 @@ class Trainer:
         torch.manual_seed(self.seed)
         # the data first: a missing dataset is named before any encoder weights are downloaded
         self.train_loader, self.val_loader = build_dataloaders(cfg, seed=self.seed)
-        model = compile_decoder(build_model(cfg).to(self.device), cfg.model.compile)
+        require_encoder_weights(cfg)      # no accidental start from random encoder weights; before the model is built
+        model = build_model(cfg)
+        if is_main_process():
+            log_encoder_weights(model)    # the loaded fraction and the file's sha256, per encoder
+        model = compile_decoder(model.to(self.device), cfg.model.compile)
         if dist_info.is_distributed:
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
             if self.device.type == "cuda":
