@@ -208,7 +208,7 @@ def server(files):
     data = files["paths"]["vmamba"].read_bytes()
     handler = type("Handler", (RangeServer,), {"data": data, "ranges": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/vssm.pth", handler, data
     httpd.shutdown()
@@ -312,8 +312,9 @@ def test_training_log_states_the_loaded_fraction_and_the_file_sha256(monkeypatch
         Trainer(load_config(REPO / "configs/demo_nyud.yml", ["model.pretrained=true", f"model.pretrained_path={path}"]),
                 tmp_path / "run", info)
         Trainer(load_config(REPO / "configs/demo_nyud.yml"), tmp_path / "run2", info)
+    n_keys = len(source.swin.state_dict())
     assert (f"encoder weights (encoder): {path} (sha256 {sha}): {n_loaded} of {n_total} parameters "
-            f"({100 * n_loaded / n_total:.3f} %), {len(source.swin.state_dict())} keys, Swin, timm layout") in caplog.text
+            f"({100 * n_loaded / n_total:.3f} %), {n_keys} keys, Swin, timm layout") in caplog.text
     assert f"encoder weights (encoder): random init, 0 of {n_total} parameters (0.000 %)" in caplog.text
 
 
