@@ -25,7 +25,8 @@ MODELS.md §0.1). Parity with that mmseg backbone:
   ``softmax(q·kᵀ + bias + mask)·v`` path, as mmseg does (see :class:`SwinEncoder`).
 
 Pretrained weights: timm's own download (``pretrained=True``), or a local file in the original Microsoft,
-timm or mmseg/MTMamba layout, loaded strictly by :meth:`SwinEncoder.load_checkpoint`.
+timm or mmseg/MTMamba layout, loaded strictly by :meth:`SwinEncoder.load_checkpoint`; what was loaded is recorded in
+``loaded_weights``.
 """
 from __future__ import annotations
 
@@ -47,11 +48,11 @@ from timm.models.swin_transformer import (
     window_reverse,
 )
 
-from .weights import create_timm_model
+from .weights import LoadedWeights, create_timm_model, timm_weights_file
 
 __all__ = ["SWIN_VARIANTS", "CUSTOM_ARCH", "PAD_MODES", "MmsegOrderSwinBlock", "SwinEncoder",
-           "detect_checkpoint_layout", "mmseg_to_original_state_dict", "timm_to_mmseg_state_dict",
-           "build_encoder"]
+           "detect_checkpoint_layout", "select_backbone", "mmseg_to_original_state_dict",
+           "timm_to_mmseg_state_dict", "build_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ PAD_MODES = ("timm", "mmseg")
 
 _OUT_NORM_KEY = re.compile(r"^norm(\d+)\.(weight|bias)$")
 _FINAL_NORM_KEYS = ("norm.weight", "norm.bias")  # timm's / the original final norm; pruned here
+_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")  # buffers of the original files, recomputed here
+LAYOUT_NAMES = {"original": "Microsoft layout", "timm": "timm layout", "mmseg": "mmseg layout"}
 # Position order of the 2×2 PatchMerging neighbours, mmseg (Unfold: (0,0),(0,1),(1,0),(1,1) as (row, col))
 # <-> original/timm ((0,0),(1,0),(0,1),(1,1)). The list is its own inverse.
 _MERGE_ORDER = [0, 2, 1, 3]
@@ -150,6 +153,7 @@ class SwinEncoder(nn.Module):
 
     ``forward: (B, 3, H, W) -> [(B, C_i, H / s_i, W / s_i) for i in 0..3]`` with ``C_i = channels[i]`` and
     ``s_i = strides[i] = 4, 8, 16, 32``. Parameter names: ``swin.*`` (timm's names) and ``norm0..norm3``.
+    ``loaded_weights`` records the pretrained load (None: random init).
 
     Attention always takes timm's explicit path (``fused_attn = False`` on every ``WindowAttention``), not
     ``F.scaled_dot_product_attention``: fvcore, which reproduces the papers' FLOP columns, only counts the
@@ -241,9 +245,17 @@ class SwinEncoder(nn.Module):
         for i, c in enumerate(self.channels):
             self.add_module(f"norm{i}", nn.LayerNorm(c, eps=1e-5))
 
+        self.loaded_weights: LoadedWeights | None = None
         if pretrained:
-            logger.info("Loaded timm's pretrained weights for %s; output norms norm0..norm%d stay at init "
-                        "(weight 1, bias 0)", SWIN_VARIANTS[arch], num_stages - 1)
+            norms = [p.numel() for n, p in self.named_parameters() if _OUT_NORM_KEY.match(n)]
+            n_total = sum(p.numel() for p in self.parameters())
+            self.loaded_weights = LoadedWeights(
+                source=timm_weights_file(SWIN_VARIANTS[arch]) or f"timm {SWIN_VARIANTS[arch]}",
+                layout="timm download", n_keys=len(self.swin.state_dict()), n_loaded=n_total - sum(norms),
+                n_total=n_total, notes=(f"no output norms in the file: norm0..norm{num_stages - 1} ({len(norms)} "
+                                        f"keys) keep their values",))
+            logger.info("Loaded timm's pretrained weights for %s: %s", SWIN_VARIANTS[arch],
+                        self.loaded_weights.summary())
         if pretrained_path is not None:
             self.load_checkpoint(pretrained_path)
 
@@ -257,8 +269,10 @@ class SwinEncoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def load_checkpoint(self, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
-        """Load Swin weights strictly from a file or a state dict in any of three layouts.
+    def load_checkpoint(self, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                        source: str | None = None) -> LoadedWeights:
+        """Load Swin weights strictly from a file or a state dict in any of three layouts; returns (and keeps as
+        ``loaded_weights``) what was loaded. ``source`` names the file a given dict was read from.
 
         Layouts (detected by :func:`detect_checkpoint_layout`, after unwrapping ``{'model': ...}`` or
         ``{'state_dict': ...}`` and stripping ``module.``; if keys start with ``backbone.``, only those are
@@ -274,26 +288,29 @@ class SwinEncoder(nn.Module):
         (warned). The classifier ``head.*`` and timm's final ``norm.*`` are dropped (this encoder has
         neither). ``norm0..normN`` load into the output norms; when absent (ImageNet files) the output
         norms keep their current values, as mmseg's do. Any other missing or unexpected key or shape
-        mismatch raises ``RuntimeError`` listing all of them (keys in this encoder's names).
+        mismatch raises ``RuntimeError`` listing all of them (keys in this encoder's names). Works on the meta
+        device (a check of keys and shapes that copies nothing).
         """
         if isinstance(checkpoint, Mapping):
-            source, state_dict = "state dict", dict(checkpoint)
+            source, state_dict = source or "state dict", dict(checkpoint)
         else:
             source = os.fspath(checkpoint)
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"Swin checkpoint not found: {source}")
             state_dict = timm_load_state_dict(source, use_ema=False)
-        state_dict = _select_backbone(state_dict)
+        state_dict = select_backbone(state_dict)
         layout = detect_checkpoint_layout(state_dict)
         if layout == "mmseg":
             state_dict = mmseg_to_original_state_dict(state_dict)
 
         out_norms = {k: v for k, v in state_dict.items() if _OUT_NORM_KEY.match(k)}
         swin_sd = {k: v for k, v in state_dict.items() if k not in out_norms}
+        buffers = [k for k in swin_sd if k.endswith(_BUFFER_SUFFIXES)]
         self._warn_resized_tables(swin_sd)
         swin_sd = checkpoint_filter_fn(swin_sd, self.swin)
-        dropped = [k for k in swin_sd if k.startswith("head.") or k in _FINAL_NORM_KEYS]
-        for k in dropped:
+        head = [k for k in swin_sd if k.startswith("head.")]
+        final_norm = [k for k in swin_sd if k in _FINAL_NORM_KEYS]
+        for k in head + final_norm:
             del swin_sd[k]
 
         expected = self.state_dict()
@@ -307,13 +324,21 @@ class SwinEncoder(nn.Module):
         params = dict(self.named_parameters())
         n_total = sum(p.numel() for p in params.values())
         n_loaded = n_total - (0 if out_norms else sum(params[k].numel() for k in norm_keys))
-        logger.info("Loaded Swin weights from %s (layout %s): %d of %d parameters (%.3f %%)%s%s",
-                    source, layout, n_loaded, n_total, 100.0 * n_loaded / n_total,
-                    f"; dropped {', '.join(dropped)}" if dropped else "",
-                    "" if out_norms else "; no output norms in the file, norm0..norm3 keep their values")
+        notes = [f"skipped {what} ({len(keys)} keys, {why})" for what, keys, why in (
+            ("head.*", head, "the ImageNet classifier"), ("norm.*", final_norm, "the final norm; the stages have "
+                                                                              "their own output norms"),
+            ("relative_position_index / attn_mask", buffers, "buffers, recomputed")) if keys]
+        if not out_norms:
+            notes.append(f"no output norms in the file: norm0..norm{len(norm_keys) // 2 - 1} ({len(norm_keys)} "
+                         f"keys) keep their values")
+        self.loaded_weights = LoadedWeights(source, f"Swin, {LAYOUT_NAMES[layout]}",
+                                            len(loaded) - (0 if out_norms else len(norm_keys)), n_loaded, n_total,
+                                            tuple(notes))
+        logger.info("Loaded Swin weights from %s: %s", source, self.loaded_weights.summary())
         if layout == "mmseg" and out_norms and self.pad_mode != "mmseg":
             logger.warning("%s is a trained mmseg Swin (it has output norms); pad_mode='mmseg' reproduces its "
                            "numerics, pad_mode=%r does not", source, self.pad_mode)
+        return self.loaded_weights
 
     def to_mmseg_state_dict(self) -> dict[str, torch.Tensor]:
         """This encoder's weights under mmseg Swin names (see :func:`timm_to_mmseg_state_dict`)."""
@@ -337,7 +362,7 @@ class SwinEncoder(nn.Module):
 # Checkpoint layouts
 
 
-def _select_backbone(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
+def select_backbone(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """Unwrap ``{'model': ...}`` / ``{'state_dict': ...}``, strip ``module.``; keep only ``backbone.*`` if any."""
     for key in ("model", "state_dict"):
         if isinstance(state_dict.get(key), Mapping):

@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch.utils.checkpoint import checkpoint
 
+from .pretrained import encoder_name, missing_weights_message
 from .registry import register_model
 from .ss2d import SS2D, add_ssm_parameters, ssm_scan
 from .vmamba import LN_EPS, VMAMBA_T, VMambaEncoder, read_weights
+from .weights import PretrainedWeightsError
 
 __all__ = ["MERGE_MODES", "InputSizeError", "stage_sizes", "swap_odd_channels", "channel_cross_scan",
            "channel_cross_merge", "CrossTemporalAttention", "CrossSpatialAttention", "ChannelAttention",
@@ -375,7 +377,7 @@ class MambaSeg(nn.Module):
         for name, encoder, keep_stem in (("image", self.encoder_img, self.encoder_img.in_chans == 3),
                                          ("event", self.encoder_ev, False)):
             logger.info("MambaSeg %s encoder: %s", name, path)
-            encoder.load_checkpoint(state, keep_stem=keep_stem)
+            encoder.load_checkpoint(state, keep_stem=keep_stem, source=os.fspath(path))
 
     def check_inputs(self, image: torch.Tensor, events: torch.Tensor) -> None:
         """Raise :class:`InputSizeError` / ``ValueError`` naming the built and the given shapes."""
@@ -429,7 +431,7 @@ class MambaSeg(nn.Module):
 def build_mambaseg(cfg) -> MambaSeg:
     """MambaSeg from a config: ``model.mambaseg`` (sizes, input channels, merge), ``TRAIN.SCALE`` (the built size),
     the semseg classes of the dataset, ``model.encoder_drop_path_rate``, ``model.scan_backend`` and
-    ``model.pretrained_path`` (the VMamba-T ImageNet file)."""
+    ``model.pretrained`` / ``model.pretrained_path`` (the VMamba-T ImageNet file; rule in :mod:`models.pretrained`)."""
     m, ms = cfg.model, cfg.model.mambaseg
     model = MambaSeg(tuple(cfg.TRAIN.SCALE), cfg.TASKS.NUM_OUTPUT["semseg"], image_channels=ms.image_channels,
                      event_channels=ms.event_channels, dims=ms.dims, depths=ms.depths,
@@ -437,7 +439,6 @@ def build_mambaseg(cfg) -> MambaSeg:
                      scan_backend=m.scan_backend)
     if m.pretrained_path:
         model.load_pretrained(m.pretrained_path)
-    else:
-        logger.warning("model.pretrained_path is null: both VMamba encoders start from random weights (the paper "
-                       "starts from vssm1_tiny_0230s_ckpt_epoch_264.pth; fine when a trained checkpoint is loaded)")
+    elif m.pretrained and encoder_name(cfg) is not None:
+        raise PretrainedWeightsError(missing_weights_message(encoder_name(cfg)))
     return model

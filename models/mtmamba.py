@@ -18,6 +18,7 @@ from .blocks import CTM, STM
 from .decoder import INPUT_MULTIPLE, ThreeStageDecoder
 from .encoders import build_encoder
 from .heads import MultiTaskModel, TaskHead
+from .pretrained import uses_timm_download
 from .registry import register_model
 from .task_batched import grouped_ctm, grouped_stm
 
@@ -87,10 +88,11 @@ def drop_path_schedule(rate: float, n_stages: int, blocks_per_stage: int) -> lis
 
 
 def encoder_from_config(cfg) -> nn.Module:
-    """The configured Swin encoder (MODELS.md §0.1), built for TRAIN.SCALE."""
+    """The configured Swin encoder (MODELS.md §0.1), built for TRAIN.SCALE; its weights follow the rule of
+    :mod:`models.pretrained`."""
     m = cfg.model
     train_size, test_size = tuple(cfg.TRAIN.SCALE), tuple(cfg.TEST.SCALE)
-    return build_encoder(m.backbone, img_size=train_size, pretrained=m.pretrained,
+    return build_encoder(m.backbone, img_size=train_size, pretrained=uses_timm_download(cfg),
                          pretrained_path=m.pretrained_path, pad_mode=m.swin_pad_mode,
                          drop_path_rate=m.encoder_drop_path_rate, dynamic_img_size=test_size != train_size,
                          **(m.get("backbone_kwargs") or {}))

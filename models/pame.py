@@ -38,6 +38,7 @@ from .mtmamba import drop_path_schedule
 from .ops.curves import CURVES, curve_orders
 from .ops.scan_orders import cross_merge, cross_scan
 from .ops.selective_scan import selective_scan
+from .pretrained import uses_timm_download
 from .registry import register_model
 from .ss2d import init_ssm_parameters, to_scan_dtype
 from .vit import build_vit_encoder
@@ -532,7 +533,7 @@ def build_pame_vit(cfg) -> PAMEModel:
         raise ValueError(f"model.drop_path_rate={m.drop_path_rate!r}: pame_vit has no decoder drop path (PAMM); "
                          "set it to 0 (the ViT's own rate is model.encoder_drop_path_rate)")
     train_size, test_size = tuple(cfg.TRAIN.SCALE), tuple(cfg.TEST.SCALE)
-    encoder = build_vit_encoder(m.backbone, img_size=train_size, pretrained=m.pretrained,
+    encoder = build_vit_encoder(m.backbone, img_size=train_size, pretrained=uses_timm_download(cfg),
                                 pretrained_path=m.pretrained_path, drop_path_rate=m.encoder_drop_path_rate,
                                 dynamic_img_size=test_size != train_size, **(m.get("backbone_kwargs") or {}))
     grid = (train_size[0] // encoder.strides[0], train_size[1] // encoder.strides[0])
@@ -553,7 +554,7 @@ def build_pame_swin(cfg) -> PAMEModel:
     if m.pame.backbone_dim is not None:
         raise ValueError(f"model.pame.backbone_dim={m.pame.backbone_dim!r} applies to pame_vit only; set it to null")
     train_size, test_size = tuple(cfg.TRAIN.SCALE), tuple(cfg.TEST.SCALE)
-    encoder = build_encoder(m.backbone, img_size=train_size, pretrained=m.pretrained,
+    encoder = build_encoder(m.backbone, img_size=train_size, pretrained=uses_timm_download(cfg),
                             pretrained_path=m.pretrained_path, pad_mode=m.swin_pad_mode,
                             drop_path_rate=m.encoder_drop_path_rate, dynamic_img_size=test_size != train_size,
                             **(m.get("backbone_kwargs") or {}))

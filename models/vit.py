@@ -26,7 +26,7 @@ from timm.layers import trunc_normal_
 from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.vision_transformer import Attention, VisionTransformer, checkpoint_filter_fn
 
-from .weights import create_timm_model
+from .weights import LoadedWeights, create_timm_model, timm_weights_file
 
 __all__ = ["VIT_VARIANTS", "VIT_CUSTOM", "VIT_ARCHS", "ViTEncoder", "build_vit_encoder", "resize_grid"]
 
@@ -64,6 +64,7 @@ class ViTEncoder(nn.Module):
     sees (fvcore has no handle for ``F.scaled_dot_product_attention``); see :class:`models.encoders.SwinEncoder`.
 
     ``vit.pos_embed`` is ``[1, 1 + h·w, C]`` for the grid of ``img_size``; slot 0 is never added (MODELS.md §3.6).
+    ``loaded_weights`` records the pretrained load (None: random init).
 
     Args:
         arch: a key of :data:`VIT_VARIANTS`, or :data:`VIT_CUSTOM` with ``embed_dim``, ``depth`` and
@@ -140,9 +141,11 @@ class ViTEncoder(nn.Module):
         self.patch_size = vit.patch_embed.patch_size[0]
         self.channels: list[int] = [vit.embed_dim] * len(taps)
         self.strides: list[int] = [self.patch_size] * len(taps)
+        self.loaded_weights: LoadedWeights | None = None
         if pretrained:
             source = create_timm_model(VIT_VARIANTS[arch], True)     # native size, with its classifier
-            self.load_state_dict_resized(source.state_dict(), f"timm {VIT_VARIANTS[arch]}")
+            self.load_state_dict_resized(source.state_dict(), timm_weights_file(VIT_VARIANTS[arch])
+                                         or f"timm {VIT_VARIANTS[arch]}")
         elif pretrained_path is not None:
             self.load_checkpoint(pretrained_path)
 
@@ -165,19 +168,25 @@ class ViTEncoder(nn.Module):
                 outs.append(tap.transpose(1, 2).reshape(b, -1, *grid))
         return outs
 
-    def load_state_dict_resized(self, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-        """Load ImageNet ViT weights (timm layout) strictly, as the released code adapts them.
+    def load_state_dict_resized(self, state_dict: Mapping[str, torch.Tensor], source: str) -> LoadedWeights:
+        """Load ImageNet ViT weights (timm layout) strictly, as the released code adapts them; returns (and keeps as
+        ``loaded_weights``) what was loaded. ``source`` names where the dict comes from.
 
         ``cls_token`` and the classifier are dropped. ``pos_embed`` ``[1, 1 + s·s, C]`` keeps its class slot and its
         s×s grid is resized to this grid by :func:`resize_grid`; a table of this encoder's shape is taken as it is.
-        The other keys go through timm's ``checkpoint_filter_fn`` (layout conversions).
+        The other keys go through timm's ``checkpoint_filter_fn`` (layout conversions). A missing, unexpected or
+        mis-shaped key raises ``RuntimeError`` naming it. Works on the meta device (a check that copies nothing).
         """
         state_dict = dict(state_dict)
+        if "pos_embed" not in state_dict:
+            raise RuntimeError(f"ViT checkpoint {source} does not match the encoder:\n  missing: pos_embed")
         table = state_dict.pop("pos_embed")
         dropped = [k for k in state_dict if k == "cls_token" or k.startswith("head.")]
         for k in dropped:
             del state_dict[k]
         state_dict = checkpoint_filter_fn(state_dict, self.vit)
+        notes = [f"skipped cls_token, head.* ({len(dropped)} keys, the class token and the ImageNet classifier)"
+                 ] if dropped else []
         if table.shape != self.vit.pos_embed.shape:
             side = math.isqrt(table.shape[1] - UNUSED_SLOTS)
             if table.ndim != 3 or side * side != table.shape[1] - UNUSED_SLOTS:
@@ -185,17 +194,21 @@ class ViTEncoder(nn.Module):
                                  f"{tuple(self.vit.pos_embed.shape)} nor [1, 1 + s·s, C] (class slot + square grid)")
             table = torch.cat([table[:, :UNUSED_SLOTS], resize_grid(table[:, UNUSED_SLOTS:], (side, side),
                                                                     self.grid)], dim=1)
+            notes.append(f"pos_embed grid resized bicubic {side}×{side} -> {self.grid[0]}×{self.grid[1]}")
         state_dict["pos_embed"] = table
         self.vit.load_state_dict(state_dict, strict=True)
-        logger.info("Loaded ViT weights from %s (position grid resized bicubic to %s)%s", source, self.grid,
-                    f"; dropped {', '.join(dropped)}" if dropped else "")
+        n_total = sum(p.numel() for p in self.parameters())
+        self.loaded_weights = LoadedWeights(source, "ViT, timm layout", len(state_dict), n_total, n_total,
+                                            tuple(notes))
+        logger.info("Loaded ViT weights from %s: %s", source, self.loaded_weights.summary())
+        return self.loaded_weights
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
+    def load_checkpoint(self, path: str | os.PathLike) -> LoadedWeights:
         """Load a timm-layout ViT file with :meth:`load_state_dict_resized`."""
         source = os.fspath(path)
         if not os.path.isfile(source):
             raise FileNotFoundError(f"ViT checkpoint not found: {source}")
-        self.load_state_dict_resized(timm_load_state_dict(source, use_ema=False), source)
+        return self.load_state_dict_resized(timm_load_state_dict(source, use_ema=False), source)
 
 
 def build_vit_encoder(name: str, *, img_size: int | tuple[int, int], pretrained: bool = False,

@@ -33,6 +33,7 @@ from timm.layers import DropPath, Mlp
 from torchvision.ops import Permute
 
 from .ss2d import SS2D
+from .weights import LoadedWeights
 
 __all__ = ["VMAMBA_T", "LN_EPS", "VSSBlock", "VMambaLayer", "VMambaEncoder", "patch_embed_v2", "downsample_v3",
            "read_weights", "select_pretrained"]
@@ -131,6 +132,7 @@ class VMambaEncoder(nn.Module):
     ``H_{i+1} = ⌈H_i/2⌉`` (any input size). Parameter names: ``patch_embed.*``, ``layers.{i}.blocks.{j}.*``,
     ``layers.{i}.downsample.*``, ``outnorm{i}.*``, the official ones. The stages are also used one by one
     (``patch_embed``, ``layers[i].blocks``, ``outnorm{i}``, ``layers[i].downsample``), channels-last, by MambaSeg.
+    ``loaded_weights`` records the pretrained load (None: random init).
 
     Args:
         in_chans: input channels.
@@ -165,6 +167,7 @@ class VMambaEncoder(nn.Module):
         for i, dim in enumerate(dims):
             self.add_module(f"{OUT_NORM}{i}", nn.LayerNorm(dim, eps=LN_EPS))
         self.apply(_vmamba_init)
+        self.loaded_weights: LoadedWeights | None = None
         if pretrained_path is not None:
             self.load_checkpoint(pretrained_path)
 
@@ -183,15 +186,18 @@ class VMambaEncoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def load_checkpoint(self, checkpoint: str | os.PathLike | Mapping[str, object], *, keep_stem: bool = True) -> None:
+    def load_checkpoint(self, checkpoint: str | os.PathLike | Mapping[str, object], *, keep_stem: bool = True,
+                        source: str | None = None) -> LoadedWeights:
         """Load VMamba weights (a file or a dict: ``{'model': sd}``, ``{'state_dict': sd}`` or ``sd``), strictly apart
-        from the documented skips of :func:`select_pretrained`; the loaded fraction and every skip are logged.
+        from the documented skips of :func:`select_pretrained`; the loaded fraction and every skip are logged, and
+        returned (and kept as ``loaded_weights``). ``source`` names the file a given dict was read from.
 
         ``keep_stem=False`` leaves ``patch_embed.*`` at its current values (a stem rebuilt for other input
-        channels, as MambaSeg's event encoder and its grey-image encoder).
+        channels, as MambaSeg's event encoder and its grey-image encoder). Works on the meta device (a check of keys
+        and shapes that copies nothing).
         """
         if isinstance(checkpoint, Mapping):
-            source, state_dict = "state dict", checkpoint
+            source, state_dict = source or "state dict", checkpoint
         else:
             source, state_dict = os.fspath(checkpoint), read_weights(checkpoint)
         for key in ("model", "state_dict"):
@@ -205,8 +211,10 @@ class VMambaEncoder(nn.Module):
         params = dict(self.named_parameters())
         n_total = sum(p.numel() for p in params.values())
         n_loaded = sum(params[k].numel() for k in loaded if k in params)
-        logger.info("Loaded VMamba weights from %s: %d of %d parameters (%.2f %%); %s", source, n_loaded, n_total,
-                    100.0 * n_loaded / n_total, "; ".join(notes))
+        self.loaded_weights = LoadedWeights(source, "VMamba classification checkpoint", len(loaded), n_loaded, n_total,
+                                            tuple(notes))
+        logger.info("Loaded VMamba weights from %s: %s", source, self.loaded_weights.summary())
+        return self.loaded_weights
 
 
 def _vmamba_init(m: nn.Module) -> None:

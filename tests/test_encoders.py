@@ -200,11 +200,16 @@ def test_mmseg_round_trip_with_prefixes_and_decoder_keys():
         assert torch.equal(dst.to_mmseg_state_dict()[k], v), k
 
 
+def original_layout(timm_state_dict: dict) -> dict:
+    """timm Swin names -> Microsoft's original names: PatchMerging at the end of the stage before, ``head.fc`` ->
+    ``head``."""
+    return {re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+            .replace("head.fc.", "head."): v for k, v in timm_state_dict.items()}
+
+
 def test_original_microsoft_layout_round_trip_from_file(tmp_path, caplog):
     src = randomize(tiny((64, 96)), out_norms=False)
-    original = {}
-    for k, v in src.swin.state_dict().items():  # timm -> original: PatchMerging at the end of the stage before
-        original[re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)] = v
+    original = original_layout(src.swin.state_dict())
     original |= {"norm.weight": torch.ones(256), "norm.bias": torch.zeros(256),
                  "head.weight": torch.zeros(10, 256), "head.bias": torch.zeros(10),
                  "layers.0.blocks.1.attn_mask": torch.zeros(24, 16, 16),

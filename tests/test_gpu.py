@@ -65,7 +65,7 @@ def test_full_mambaseg_ddd17_on_gpu():
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    model = build_model(load_config("configs/mambaseg_ddd17.yml")).cuda().eval()
+    model = build_model(load_config("configs/mambaseg_ddd17.yml", ["model.pretrained=false"])).cuda().eval()
     image, events = (x.cuda() for x in model.example_inputs(2))
     image.normal_(), events.normal_()
     outs = {}

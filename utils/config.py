@@ -110,8 +110,11 @@ DEFAULTS: dict[str, Any] = {
         "backbone": "swin_large",        # swin_tiny | swin_small | swin_base | swin_large | custom
                                          # | vit_large | vit_custom (pame_vit)
         "backbone_kwargs": None,         # extra encoder arguments (e.g. embed_dim/depths for backbone=custom)
-        "pretrained": True,              # ImageNet weights through timm (needs internet) ...
-        "pretrained_path": None,         # ... or a local Swin weight file (Microsoft, timm or mmseg names)
+        "pretrained": True,              # true: the encoder starts from its ImageNet weights, from pretrained_path or
+                                         # timm's download (Swin, ViT-L); false: random weights, on purpose.
+                                         # Encoders without published weights (custom, vit_custom, MambaSeg off
+                                         # VMamba-T sizes) start random either way (models/pretrained.py)
+        "pretrained_path": None,         # a local encoder weight file, loaded strictly (pretrained_ckpts/fetch.py)
         "swin_pad_mode": "timm",         # timm | mmseg (mmseg's pad-then-shift order, for official checkpoints)
         "encoder_drop_path_rate": 0.1,   # encoder stochastic depth (mmseg Swin default)
         "drop_path_rate": 0.2,           # decoder: linspace(rate, 0, ...) over the blocks of the 3 stages
@@ -417,6 +420,13 @@ def _validate_model(cfg: dict) -> None:
     for key, choices in choices_by_key.items():
         if key in model and model[key] not in choices:
             raise ConfigError(f"model.{key}={model[key]!r} is not valid; valid: {list(choices)}")
+    path = model["pretrained_path"]
+    if path is not None and (not isinstance(path, str) or not path):
+        raise ConfigError(f"model.pretrained_path={path!r} must be null or the path of an encoder weight file")
+    if path is not None and not model["pretrained"]:
+        raise ConfigError(f"model.pretrained=false declines the encoder weights, but model.pretrained_path={path!r} "
+                          f"names a file: set model.pretrained=true to load it, or model.pretrained_path=null to "
+                          f"train from random encoder weights")
     from models.registry import MODEL_INPUT_MULTIPLE
 
     if model["name"] not in MODEL_INPUT_MULTIPLE:
@@ -491,9 +501,6 @@ def _validate_mambaseg(cfg: dict) -> None:
     if list(cfg["TEST"]["SCALE"]) != list(cfg["TRAIN"]["SCALE"]):
         raise ConfigError(f"TEST.SCALE={cfg['TEST']['SCALE']!r} must equal TRAIN.SCALE={cfg['TRAIN']['SCALE']!r} for "
                           f"model.name=mambaseg: its TSSM weights depend on the input size")
-    if cfg["model"]["pretrained"]:
-        raise ConfigError("model.pretrained=true downloads timm weights, and timm has no VMamba: set "
-                          "model.pretrained=false and give the VMamba-T file with model.pretrained_path")
     if cfg["TASKS"]["NAMES"] != ["semseg"]:
         raise ConfigError(f"model.name=mambaseg predicts semseg only; task_dictionary selects {cfg['TASKS']['NAMES']}")
 

@@ -41,6 +41,7 @@ from evaluation.evaluator import evaluate, selection_metric
 from losses import build_loss
 from models import batch_inputs, build_model
 from models.execution import compile_decoder
+from models.pretrained import log_encoder_weights, require_encoder_weights
 from utils.checkpoint import (load_checkpoint, load_model_state, preserved_rng, rng_state, save_checkpoint,
                               set_rng_state, unwrap_model)
 from utils.config import AMP_DTYPES, RUNTIME_KEYS, ConfigError, config_diff, config_to_dict, save_config
@@ -72,15 +73,21 @@ class Trainer:
         torch.manual_seed(self.seed)
         # the data first: a missing dataset is named before any encoder weights are downloaded
         self.train_loader, self.val_loader = build_dataloaders(cfg, seed=self.seed)
+        accum = int(cfg.accum_steps)
         per_epoch = len(self.train_loader)
         if per_epoch:
-            logger.info("max_iter %d = %.2f epochs of %d iterations (%d training images, batch %d x %d process(es))",
-                        int(cfg.max_iter), int(cfg.max_iter) / per_epoch, per_epoch, len(self.train_loader.dataset),
-                        int(cfg.trBatch), dist_info.world_size)
+            logger.info("max_iter %d = %.2f epochs of %.1f optimiser steps (%d training images, batch %d x %d "
+                        "process(es) x %d accumulated)", int(cfg.max_iter), int(cfg.max_iter) * accum / per_epoch,
+                        per_epoch / accum, len(self.train_loader.dataset), int(cfg.trBatch), dist_info.world_size,
+                        accum)
         if eval_split(cfg.val_db_name) == "test":
             logger.info("%s has no val split: validation runs on its test split, and best.pth is selected on the "
                         "test split, as the official code does", cfg.val_db_name)
-        model = compile_decoder(build_model(cfg).to(self.device), cfg.model.compile)
+        require_encoder_weights(cfg)      # no accidental start from random encoder weights; before the model is built
+        model = build_model(cfg)
+        if is_main_process():
+            log_encoder_weights(model)    # the loaded fraction and the file's sha256, per encoder
+        model = compile_decoder(model.to(self.device), cfg.model.compile)
         if dist_info.is_distributed:
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
             if self.device.type == "cuda":
