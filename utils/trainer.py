@@ -73,13 +73,6 @@ class Trainer:
         torch.manual_seed(self.seed)
         # the data first: a missing dataset is named before any encoder weights are downloaded
         self.train_loader, self.val_loader = build_dataloaders(cfg, seed=self.seed)
-        accum = int(cfg.accum_steps)
-        per_epoch = len(self.train_loader)
-        if per_epoch:
-            logger.info("max_iter %d = %.2f epochs of %.1f optimiser steps (%d training images, batch %d x %d "
-                        "process(es) x %d accumulated)", int(cfg.max_iter), int(cfg.max_iter) * accum / per_epoch,
-                        per_epoch / accum, len(self.train_loader.dataset), int(cfg.trBatch), dist_info.world_size,
-                        accum)
         if eval_split(cfg.val_db_name) == "test":
             logger.info("%s has no val split: validation runs on its test split, and best.pth is selected on the "
                         "test split, as the official code does", cfg.val_db_name)
@@ -327,9 +320,12 @@ class Trainer:
         cfg, max_iter = self.cfg, int(self.cfg.max_iter)
         stop = max_iter if until is None else min(until, max_iter)
         self.open_writer()
-        logger.info("effective batch %d = %d rank(s) x trBatch %d x accum_steps %d; %d optimiser steps",
-                    self.dist.world_size * int(cfg.trBatch) * self.accum_steps, self.dist.world_size,
-                    int(cfg.trBatch), self.accum_steps, max_iter)
+        per_epoch = len(self.train_loader)
+        logger.info("effective batch %d = %d rank(s) x trBatch %d x accum_steps %d; max_iter %d = %.2f epochs of %.1f "
+                    "optimiser steps (%d training images)", self.dist.world_size * int(cfg.trBatch) * self.accum_steps,
+                    self.dist.world_size, int(cfg.trBatch), self.accum_steps, max_iter,
+                    max_iter * self.accum_steps / max(per_epoch, 1), per_epoch / self.accum_steps,
+                    len(self.train_loader.dataset))
         bar = tqdm(total=max_iter, initial=self.iteration, desc="train", disable=not is_main_process(),
                    dynamic_ncols=True)
         start = time.perf_counter()

@@ -116,8 +116,8 @@ def test_ddd17_resume_is_exact_best_on_test_miou_and_grids(ddd17_db, ddd17_run, 
     assert "DDD17 has no val split: validation runs on its test split, and best.pth is selected on the test split, " \
            "as the official code does" in log
     assert "best.pth: iteration 2, best semseg mIoU" in log and "on the test split" in log
-    assert "max_iter 2 = 0.20 epochs of 10.0 optimiser steps (10 training images, batch 1 x 1 process(es) x 1 " \
-           "accumulated)" in log
+    assert "effective batch 1 = 1 rank(s) x trBatch 1 x accum_steps 1; max_iter 2 = 0.20 epochs of 10.0 optimiser " \
+           "steps (10 training images)" in log
 
     # TensorBoard: frame | event image | prediction | target of the first test sample
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.visualize import colorize_labels, event_image, prediction_grid
+from utils.visualize import colorize_labels, event_image, label_set, prediction_grid
 
 
 def test_event_image_on_a_hand_built_grid():
@@ -35,17 +35,18 @@ def test_grid_of_frame_events_prediction_target():
     events = torch.randn(2, 10, h, w)
     preds = {"semseg": torch.randn(2, classes, h, w)}
     target = torch.randint(0, classes, (2, 1, h, w)).float()
-    grids = prediction_grid(frame, preds, {"events": events, "semseg": target}, ["semseg"], max_items=1,
+    grids = prediction_grid(frame, preds, {"events": events, "semseg": target}, ["semseg"], "DDD17", max_items=1,
                             normalized=False)
     grid = grids["semseg"]
     assert grid.shape == (3, h, 4 * w) and grid.dtype == torch.uint8
     assert torch.equal(grid[:, :, :w], (frame[0] * 255).round().to(torch.uint8).expand(3, -1, -1))
     assert torch.equal(grid[:, :, w:2 * w], event_image(events[0]))
-    assert torch.equal(grid[:, :, 2 * w:3 * w], colorize_labels(preds["semseg"][0].argmax(0), classes))
-    assert torch.equal(grid[:, :, 3 * w:], colorize_labels(target[0, 0].long(), classes))
+    ddd17 = label_set("DDD17", "semseg", classes)
+    assert torch.equal(grid[:, :, 2 * w:3 * w], colorize_labels(preds["semseg"][0].argmax(0), ddd17))
+    assert torch.equal(grid[:, :, 3 * w:], colorize_labels(target[0, 0].long(), ddd17))
 
     rgb = torch.rand(1, 3, h, w)                    # RGB frames in [0, 1] (DSEC) are drawn as they are
-    grid = prediction_grid(rgb, {"semseg": preds["semseg"][:1]}, {"semseg": target[:1]}, ["semseg"],
+    grid = prediction_grid(rgb, {"semseg": preds["semseg"][:1]}, {"semseg": target[:1]}, ["semseg"], "DDD17",
                            normalized=False)["semseg"]
     assert grid.shape == (3, h, 3 * w)              # no events in the batch: no event column
     assert torch.equal(grid[:, :, :w], (rgb[0] * 255).round().to(torch.uint8))
