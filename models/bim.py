@@ -30,7 +30,8 @@ from .ops.task_orders import task_merge, task_rescan, task_scan
 from .registry import register_model
 from .ss2d import add_ssm_parameters, ssm_scan
 
-__all__ = ["MS_SCANS", "BCFR_MODES", "BCFR_EXPANSIONS", "MTMAMBA_ONLY_SWITCHES", "SSMBank", "MSST", "BCFR", "BIMStage", "build_bim"]
+__all__ = ["MS_SCANS", "BCFR_MODES", "BCFR_EXPANSIONS", "MTMAMBA_ONLY_SWITCHES", "SSMBank", "MSST", "BCFR", "BIMStage",
+           "build_bim"]
 
 BCFR_MODES = ("cascade", "parallel")
 BCFR_EXPANSIONS = (1, 2)

@@ -48,6 +48,8 @@ from timm.models.swin_transformer import (
     window_reverse,
 )
 
+from utils.checkpoint import raise_key_mismatches
+
 from .weights import LoadedWeights, create_timm_model, timm_weights_file
 
 __all__ = ["SWIN_VARIANTS", "CUSTOM_ARCH", "PAD_MODES", "MmsegOrderSwinBlock", "SwinEncoder",
@@ -448,17 +450,12 @@ def timm_to_mmseg_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str
 
 def _check_state_dict(expected: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor],
                       context: str) -> None:
-    """Raise ``RuntimeError`` listing every missing key, unexpected key and shape mismatch."""
+    """Raise :class:`utils.checkpoint.CheckpointError` listing every missing key, unexpected key and shape mismatch."""
     missing = [k for k in expected if k not in loaded]
     unexpected = [k for k in loaded if k not in expected]
     mismatched = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
                   for k, v in loaded.items() if k in expected and v.shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        lines = [f"checkpoint {context} does not match the Swin encoder:"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  shape mismatch: {m}" for m in mismatched]
-        raise RuntimeError("\n".join(lines))
+    raise_key_mismatches(f"checkpoint {context} does not match the Swin encoder", missing, unexpected, mismatched)
 
 
 # --------------------------------------------------------------------------------------------------------

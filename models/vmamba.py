@@ -32,6 +32,8 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp
 from torchvision.ops import Permute
 
+from utils.checkpoint import raise_key_mismatches
+
 from .ss2d import SS2D
 from .weights import LoadedWeights
 
@@ -272,12 +274,7 @@ def select_pretrained(state_dict: Mapping[str, torch.Tensor], expected: Mapping[
     unexpected = [k for k in given if k not in expected]
     mismatched = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
                   for k, v in given.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
-    if missing or unexpected or mismatched:
-        lines = [f"VMamba checkpoint {context} does not match the encoder:"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  shape mismatch: {m}" for m in mismatched]
-        raise RuntimeError("\n".join(lines))
+    raise_key_mismatches(f"VMamba checkpoint {context} does not match the encoder", missing, unexpected, mismatched)
     notes = [f"skipped classifier.* ({len(skipped['classifier'])} keys, the ImageNet classifier)"]
     if not keep_stem:
         notes.append(f"skipped patch_embed.* ({len(skipped['stem'])} keys, {stem_note})")

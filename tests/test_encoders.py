@@ -243,7 +243,7 @@ def test_strict_loading_lists_every_problem():
         tiny((64, 96)).load_checkpoint(mmseg)
     msg = str(err.value)
     assert "missing: swin.layers.1.blocks.0.mlp.fc2.weight" in msg
-    assert "shape mismatch: swin.layers.0.blocks.1.attn.qkv.weight: expected (96, 32), got (96, 31)" in msg
+    assert "mismatch: swin.layers.0.blocks.1.attn.qkv.weight: expected (96, 32), got (96, 31)" in msg
     assert "unexpected: swin.layers.2.blocks.0.extra.weight" in msg
 
 

@@ -139,10 +139,10 @@ def test_fetch_from_matches_every_key_of_the_full_size_encoder(files, tmp_path, 
     ("swin_large", "swin_microsoft", ("model", "layers.2.blocks.7.mlp.fc2.weight", None),
      "missing: swin.layers.2.blocks.7.mlp.fc2.weight"),
     ("swin_large", "swin_mmseg", ("state_dict", "stages.1.blocks.0.attn.w_msa.qkv.weight", (1152, 380)),
-     "shape mismatch: swin.layers.1.blocks.0.attn.qkv.weight: expected (1152, 384), got (1152, 380)"),
+     "mismatch: swin.layers.1.blocks.0.attn.qkv.weight: expected (1152, 384), got (1152, 380)"),
     ("vit_large", "vit", (None, "blocks.23.norm2.bias", None), 'Missing key(s) in state_dict: "blocks.23.norm2.bias"'),
     ("vmamba_t", "vmamba", ("model", "layers.2.blocks.5.op.x_proj_weight", (4, 25, 384)),
-     "shape mismatch: layers.2.blocks.5.op.x_proj_weight: expected (4, 26, 384), got (4, 25, 384)"),
+     "mismatch: layers.2.blocks.5.op.x_proj_weight: expected (4, 26, 384), got (4, 25, 384)"),
 ])
 def test_a_missing_or_misshaped_key_is_named(files, tmp_path, capsys, name, file, edit, message):
     wrapper, key, shape = edit

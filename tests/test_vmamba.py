@@ -196,7 +196,7 @@ def test_pretrained_filter_lists_every_problem():
     text = str(err.value)
     assert "vssm.pth" in text and "missing: layers.0.blocks.0.norm.bias" in text
     assert "unexpected: layers.9.extra" in text
-    assert "shape mismatch: patch_embed.0.weight: expected (48, 10, 3, 3), got (48, 3, 3, 3)" in text
+    assert "mismatch: patch_embed.0.weight: expected (48, 10, 3, 3), got (48, 3, 3, 3)" in text
 
 
 def test_load_from_file_logs_fraction_and_skips(tmp_path, caplog):

@@ -19,7 +19,7 @@ import random
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from utils.fileio import atomic_write
 __all__ = [
     "CheckpointError",
     "LoadResult",
+    "raise_key_mismatches",
+    "ddp_state_dict",
+    "is_ddp_state_dict",
     "save_checkpoint",
     "load_checkpoint",
     "load_model_state",
@@ -92,6 +95,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_
     return obj
 
 
+def raise_key_mismatches(context: str, missing: Sequence[str], unexpected: Sequence[str], mismatched: Sequence[str],
+                         unexpected_as: str = "unexpected") -> None:
+    """Raise :class:`CheckpointError` listing every missing, unexpected (``unexpected_as``, e.g. "unmapped") and
+    mis-shaped key, one per line under a count line that starts with ``context``; return when all three are empty.
+    ``mismatched`` entries are ready-made descriptions ("key: expected (..), got (..)")."""
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{context}: {len(missing)} missing, {len(unexpected)} {unexpected_as}, {len(mismatched)} mismatched"]
+    lines += [f"  missing: {k}" for k in missing]
+    lines += [f"  {unexpected_as}: {k}" for k in unexpected]
+    lines += [f"  mismatch: {m}" for m in mismatched]
+    raise CheckpointError("\n".join(lines))
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -119,6 +136,27 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         model = model.module
     return model
+
+
+def _nested(checkpoint: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    inner = checkpoint.get(key)
+    return inner if isinstance(inner, Mapping) else None
+
+
+def is_ddp_state_dict(checkpoint: Mapping[str, Any], key: str = "model") -> bool:
+    """Whether ``checkpoint[key]`` is a non-empty state dict saved from a DDP model (every key ``module.*``)."""
+    sd = _nested(checkpoint, key)
+    return bool(sd) and all(k.startswith(DDP_PREFIX) for k in sd)
+
+
+def ddp_state_dict(checkpoint: Mapping[str, Any], what: str, key: str = "model") -> dict[str, Any]:
+    """The state dict of a file saved from a DDP model (``checkpoint[key]``, or ``checkpoint`` itself) without the
+    ``module.`` prefix; keys that lack it are a :class:`CheckpointError` saying it is not ``what``."""
+    sd = _nested(checkpoint, key) or checkpoint
+    bad = [k for k in sd if not k.startswith(DDP_PREFIX)]
+    if bad:
+        raise CheckpointError(f"not {what}: {len(bad)} keys lack the DDP prefix {DDP_PREFIX!r}, e.g. {bad[:3]}")
+    return {k.removeprefix(DDP_PREFIX): v for k, v in sd.items()}
 
 
 def _strip_ddp_prefix(state_dict: Mapping[str, Any], model_keys: set[str]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from models.mtmamba import MTMambaStage
 from models.mtmamba_plus import LiteHead, MTMambaPlusStage
 from models.ss2d import SS2D
 from utils import official_mambaseg, official_pamm
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import DDP_PREFIX, CheckpointError, ddp_state_dict, is_ddp_state_dict, raise_key_mismatches
 
 __all__ = ["OFFICIAL_MODELS", "is_official_checkpoint", "official_model_name", "official_tasks", "official_layout",
            "official_to_ours", "ours_to_official", "config_for_checkpoint", "checkpoint_model_state"]
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 # model.name -> the official model class
 OFFICIAL_MODELS = {"mtmamba": "MTMamba", "mtmamba_plus": "MTMamba_plus"}
-DDP_PREFIX = "module."
 INDEX_SUFFIX = "relative_position_index"
 # a converted checkpoint records the window order its weights were trained with under this key
 PAD_MODE_KEY = "swin_pad_mode"
@@ -55,26 +54,14 @@ _SS2D_CHILDREN = ("in_proj", "in_proj_cross", "conv2d", "out_norm", "out_proj")
 # Detection
 
 
-def _model_dict(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    inner = checkpoint.get("model")
-    return inner if isinstance(inner, Mapping) else None
-
-
 def is_official_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     """Whether ``checkpoint`` is an official file: ``{'model': sd}`` with every key ``module.*`` and a backbone."""
-    sd = _model_dict(checkpoint)
-    return bool(sd) and all(k.startswith(DDP_PREFIX) for k in sd) \
-        and any(k.startswith(DDP_PREFIX + "backbone.") for k in sd)
+    return is_ddp_state_dict(checkpoint) and any(k.startswith(DDP_PREFIX + "backbone.") for k in checkpoint["model"])
 
 
 def _strip(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The official state dict without the ``module.`` prefix (accepts the file's dict or its ``'model'``)."""
-    sd = _model_dict(checkpoint) or checkpoint
-    bad = [k for k in sd if not k.startswith(DDP_PREFIX)]
-    if bad:
-        raise CheckpointError(f"not an official checkpoint: {len(bad)} keys lack the DDP prefix {DDP_PREFIX!r}, "
-                              f"e.g. {bad[:3]}")
-    return {k.removeprefix(DDP_PREFIX): v for k, v in sd.items()}
+    return ddp_state_dict(checkpoint, "an official checkpoint")
 
 
 def official_model_name(checkpoint: Mapping[str, Any]) -> str:
@@ -215,15 +202,6 @@ def _single(convert: Callable[[dict], dict], key: str, value: torch.Tensor) -> t
     return next(iter(convert({key: value}).values()))
 
 
-def _raise_mismatches(context: str, missing: list[str], unexpected: list[str], problems: list[str]) -> None:
-    if missing or unexpected or problems:
-        lines = [f"{context}: {len(missing)} missing, {len(unexpected)} unmapped, {len(problems)} mismatched"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unmapped: {k}" for k in unexpected]
-        lines += [f"  mismatch: {p}" for p in problems]
-        raise CheckpointError("\n".join(lines))
-
-
 # --------------------------------------------------------------------------------------------------------
 # Conversion
 
@@ -252,7 +230,8 @@ def official_to_ours(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[st
                  f"{tuple(model.get_submodule(ours.removesuffix('.' + INDEX_SUFFIX)).window_size)}"
                  for off, ours in layout if off.endswith(INDEX_SUFFIX) and off in sd
                  and sd[off].shape == own[ours].shape and not torch.equal(sd[off].cpu(), _index_for(model, ours))]
-    _raise_mismatches(f"official {OFFICIAL_MODELS[kind]} checkpoint vs this model", missing, unexpected, problems)
+    raise_key_mismatches(f"official {OFFICIAL_MODELS[kind]} checkpoint vs this model", missing, unexpected, problems,
+                         "unmapped")
 
     converted = {}
     for off, ours in layout:
@@ -275,7 +254,7 @@ def ours_to_official(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
     unexpected = [k for k in given if k not in own]
     problems = [f"{k} {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in given.items()
                 if k in own and v.shape != own[k].shape]
-    _raise_mismatches("state dict vs this model", missing, unexpected, problems)
+    raise_key_mismatches("state dict vs this model", missing, unexpected, problems, "unmapped")
 
     out = {}
     for off, ours in official_layout(model):

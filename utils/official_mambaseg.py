@@ -19,14 +19,13 @@ import torch.nn as nn
 
 from models.mambaseg import TemporalSSM
 from models.ss2d import SS2D
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import DDP_PREFIX, CheckpointError, raise_key_mismatches
 
 __all__ = ["is_mambaseg_checkpoint", "is_mambaseg_state_dict", "official_key_order", "official_to_ours",
            "ours_to_official", "check_config", "default_config_name"]
 
 logger = logging.getLogger(__name__)
 
-DDP_PREFIX = "module."
 STATE_KEY = "state_dict"
 # the official order of the entries of an SSM module (own parameters first, then its submodules)
 SSM_ORDER = ("x_proj_weight", "A_logs", "Ds", "dt_projs_weight", "dt_projs_bias", "out_norm", "in_proj", "conv2d",
@@ -81,12 +80,7 @@ def _check(state_dict: Mapping[str, torch.Tensor], model: nn.Module, context: st
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in state_dict.items()
                   if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        lines = [f"{context}: {len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unexpected: {k}" for k in unexpected]
-        lines += [f"  mismatch: {m}" for m in mismatched]
-        raise CheckpointError("\n".join(lines))
+    raise_key_mismatches(context, missing, unexpected, mismatched)
 
 
 def official_to_ours(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:

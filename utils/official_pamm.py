@@ -38,7 +38,7 @@ import torch.nn as nn
 from models.heads import MultiTaskModel
 from models.pame import ParameterExperts, PAMELayer, PAMMDecoder, PAMMHead, TaskProjections, draw_priors
 from models.vit import ViTEncoder
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import DDP_PREFIX, CheckpointError, ddp_state_dict, is_ddp_state_dict, raise_key_mismatches
 
 __all__ = ["TRAINER_KEYS", "RELEASED_SWITCHES", "Entry", "is_pamm_checkpoint", "pamm_tasks", "pamm_layout",
            "official_to_ours", "ours_to_official", "released_config", "config_for_checkpoint",
@@ -47,7 +47,6 @@ __all__ = ["TRAINER_KEYS", "RELEASED_SWITCHES", "Entry", "is_pamm_checkpoint", "
 logger = logging.getLogger(__name__)
 
 TRAINER_KEYS = frozenset({"optimizer", "scheduler", "model", "epoch", "iter_count"})   # the official trainer's file
-DDP_PREFIX = "module."
 STAGE = "backbone.stage_MTLoRA_mamba"       # the official PAME module of each tap
 DEAD_MOE = "conv2d0"                        # the released local-conv MoE, whose output is overwritten (Q1)
 DEAD_MOE_SHAPE = dict(n_experts=15, rank=16, topk=9, kernel=3)   # rank_list [16] * 15, kernel 3, on d channels
@@ -75,26 +74,14 @@ class Entry:
 # Detection
 
 
-def _model_dict(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    inner = checkpoint.get("model")
-    return inner if isinstance(inner, Mapping) else None
-
-
 def is_pamm_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     """Whether ``checkpoint`` is an official PAMM file: a ``'model'`` state dict (the trainer's file holds
     :data:`TRAINER_KEYS`) whose keys all start with ``module.``, with the PAME modules under ``backbone.``."""
-    sd = _model_dict(checkpoint)
-    return bool(sd) and all(k.startswith(DDP_PREFIX) for k in sd) \
-        and any(k.startswith(f"{DDP_PREFIX}{STAGE}.") for k in sd)
+    return is_ddp_state_dict(checkpoint) and any(k.startswith(f"{DDP_PREFIX}{STAGE}.") for k in checkpoint["model"])
 
 
 def _strip(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    sd = _model_dict(checkpoint) or checkpoint
-    bad = [k for k in sd if not k.startswith(DDP_PREFIX)]
-    if bad:
-        raise CheckpointError(f"not an official PAMM checkpoint: {len(bad)} keys lack the DDP prefix {DDP_PREFIX!r}, "
-                              f"e.g. {bad[:3]}")
-    return {k.removeprefix(DDP_PREFIX): v for k, v in sd.items()}
+    return ddp_state_dict(checkpoint, "an official PAMM checkpoint")
 
 
 def pamm_tasks(checkpoint: Mapping[str, Any]) -> list[str]:
@@ -232,15 +219,6 @@ def _priors(model: nn.Module) -> dict[str, torch.Tensor]:
             for name, m in model.named_modules() if isinstance(m, PAMELayer) and m.priors is not None}
 
 
-def _raise_mismatches(context: str, missing: list[str], unexpected: list[str], problems: list[str]) -> None:
-    if missing or unexpected or problems:
-        lines = [f"{context}: {len(missing)} missing, {len(unexpected)} unmapped, {len(problems)} mismatched"]
-        lines += [f"  missing: {k}" for k in missing]
-        lines += [f"  unmapped: {k}" for k in unexpected]
-        lines += [f"  mismatch: {p}" for p in problems]
-        raise CheckpointError("\n".join(lines))
-
-
 # --------------------------------------------------------------------------------------------------------
 # Conversion
 
@@ -267,7 +245,7 @@ def official_to_ours(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[st
     problems = [f"{DDP_PREFIX}{e.official} {tuple(sd[e.official].shape)}, expected {e.shape}"
                 + (f" ({e.ours})" if e.ours else "") for e in layout
                 if e.official in sd and tuple(sd[e.official].shape) != e.shape]
-    _raise_mismatches("official PAMM checkpoint vs this model", missing, unexpected, problems)
+    raise_key_mismatches("official PAMM checkpoint vs this model", missing, unexpected, problems, "unmapped")
 
     own = model.state_dict(keep_vars=True)
     converted: dict[str, torch.Tensor] = {}
@@ -299,7 +277,7 @@ def ours_to_official(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
     unexpected = [k for k in given if k not in own]
     problems = [f"{k} {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in given.items()
                 if k in own and v.shape != own[k].shape]
-    _raise_mismatches("state dict vs this model", missing, unexpected, problems)
+    raise_key_mismatches("state dict vs this model", missing, unexpected, problems, "unmapped")
     out = {}
     for e in pamm_layout(model):
         if e.ours is None:
