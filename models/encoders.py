@@ -48,7 +48,7 @@ from timm.models.swin_transformer import (
     window_reverse,
 )
 
-from utils.checkpoint import raise_key_mismatches
+from utils.checkpoint import check_keys_and_shapes
 
 from .weights import LoadedWeights, create_timm_model, timm_weights_file
 
@@ -320,7 +320,8 @@ class SwinEncoder(nn.Module):
         norm_keys = [k for k in expected if _OUT_NORM_KEY.match(k)]
         if not out_norms:
             loaded |= {k: expected[k] for k in norm_keys}
-        _check_state_dict(expected, loaded, context=f"{source} (layout {layout}, keys in timm names)")
+        check_keys_and_shapes(loaded, expected, f"checkpoint {source} (layout {layout}, keys in timm names) does not "
+                                                "match the Swin encoder")
         self.load_state_dict(loaded, strict=True)
 
         params = dict(self.named_parameters())
@@ -446,16 +447,6 @@ def timm_to_mmseg_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str
     strictly into mmseg's SwinTransformer (mmseg stores them; both compute the same index).
     """
     return _convert_state_dict(state_dict, _TIMM_TO_MMSEG, _merge_channels_original_to_mmseg)
-
-
-def _check_state_dict(expected: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor],
-                      context: str) -> None:
-    """Raise :class:`utils.checkpoint.CheckpointError` listing every missing key, unexpected key and shape mismatch."""
-    missing = [k for k in expected if k not in loaded]
-    unexpected = [k for k in loaded if k not in expected]
-    mismatched = [f"{k}: expected {tuple(expected[k].shape)}, got {tuple(v.shape)}"
-                  for k, v in loaded.items() if k in expected and v.shape != expected[k].shape]
-    raise_key_mismatches(f"checkpoint {context} does not match the Swin encoder", missing, unexpected, mismatched)
 
 
 # --------------------------------------------------------------------------------------------------------

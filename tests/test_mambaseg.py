@@ -431,7 +431,7 @@ def test_strict_loading_lists_every_problem(tiny):
     text = str(err.value)
     assert "1 missing, 1 unexpected, 1 mismatched" in text and "missing: ccbs.0.ssm_i.Ds" in text
     assert "unexpected: ccbs.0.extra.weight" in text
-    assert "mismatch: decoder.linear_pred.weight: checkpoint (11, 16, 1, 1), model (6, 16, 1, 1)" in text
+    assert "mismatch: decoder.linear_pred.weight: expected (6, 16, 1, 1), got (11, 16, 1, 1)" in text
 
 
 def test_configs_and_their_validation():

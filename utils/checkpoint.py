@@ -31,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "LoadResult",
     "raise_key_mismatches",
+    "check_keys_and_shapes",
     "ddp_state_dict",
     "is_ddp_state_dict",
     "save_checkpoint",
@@ -107,6 +108,17 @@ def raise_key_mismatches(context: str, missing: Sequence[str], unexpected: Seque
     lines += [f"  {unexpected_as}: {k}" for k in unexpected]
     lines += [f"  mismatch: {m}" for m in mismatched]
     raise CheckpointError("\n".join(lines))
+
+
+def check_keys_and_shapes(given: Mapping[str, Any], expected: Mapping[str, Any], context: str,
+                          unexpected_as: str = "unexpected") -> None:
+    """``given`` must hold exactly ``expected``'s keys with the same shapes; otherwise
+    :func:`raise_key_mismatches` lists every difference."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    mismatched = [f"{k}: expected {_fmt(_shape(expected[k]))}, got {_fmt(_shape(v))}" for k, v in given.items()
+                  if k in expected and _shape(v) != _shape(expected[k])]
+    raise_key_mismatches(context, missing, unexpected, mismatched, unexpected_as)
 
 
 def _first_line(e: BaseException) -> str:

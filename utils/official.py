@@ -34,7 +34,8 @@ from models.mtmamba import MTMambaStage
 from models.mtmamba_plus import LiteHead, MTMambaPlusStage
 from models.ss2d import SS2D
 from utils import official_mambaseg, official_pamm
-from utils.checkpoint import DDP_PREFIX, CheckpointError, ddp_state_dict, is_ddp_state_dict, raise_key_mismatches
+from utils.checkpoint import (DDP_PREFIX, CheckpointError, check_keys_and_shapes, ddp_state_dict, is_ddp_state_dict,
+                              raise_key_mismatches)
 
 __all__ = ["OFFICIAL_MODELS", "is_official_checkpoint", "official_model_name", "official_tasks", "official_layout",
            "official_to_ours", "ours_to_official", "config_for_checkpoint", "checkpoint_model_state"]
@@ -248,13 +249,8 @@ def ours_to_official(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
     """A state dict of ``model`` in the official format ``{'model': {"module.<key>": tensor}}``, in the official
     order, as the official code saves and loads it (``strict=True``). ``state_dict`` must hold exactly
     ``model``'s keys and shapes; the ``relative_position_index`` buffers are recomputed for each block's window."""
-    own = model.state_dict()
     given = {k.removeprefix(DDP_PREFIX): v for k, v in state_dict.items()}
-    missing = [k for k in own if k not in given]
-    unexpected = [k for k in given if k not in own]
-    problems = [f"{k} {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in given.items()
-                if k in own and v.shape != own[k].shape]
-    raise_key_mismatches("state dict vs this model", missing, unexpected, problems, "unmapped")
+    check_keys_and_shapes(given, model.state_dict(), "state dict vs this model", "unmapped")
 
     out = {}
     for off, ours in official_layout(model):

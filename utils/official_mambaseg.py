@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from models.mambaseg import TemporalSSM
 from models.ss2d import SS2D
-from utils.checkpoint import DDP_PREFIX, CheckpointError, raise_key_mismatches
+from utils.checkpoint import DDP_PREFIX, CheckpointError, check_keys_and_shapes
 
 __all__ = ["is_mambaseg_checkpoint", "is_mambaseg_state_dict", "official_key_order", "official_to_ours",
            "ours_to_official", "check_config", "default_config_name"]
@@ -75,12 +75,7 @@ def official_key_order(model: nn.Module) -> list[str]:
 
 def _check(state_dict: Mapping[str, torch.Tensor], model: nn.Module, context: str) -> None:
     """Raise :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in state_dict.items()
-                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    raise_key_mismatches(context, missing, unexpected, mismatched)
+    check_keys_and_shapes(state_dict, model.state_dict(), context)
 
 
 def official_to_ours(checkpoint: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:

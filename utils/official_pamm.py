@@ -38,7 +38,8 @@ import torch.nn as nn
 from models.heads import MultiTaskModel
 from models.pame import ParameterExperts, PAMELayer, PAMMDecoder, PAMMHead, TaskProjections, draw_priors
 from models.vit import ViTEncoder
-from utils.checkpoint import DDP_PREFIX, CheckpointError, ddp_state_dict, is_ddp_state_dict, raise_key_mismatches
+from utils.checkpoint import (DDP_PREFIX, CheckpointError, check_keys_and_shapes, ddp_state_dict, is_ddp_state_dict,
+                              raise_key_mismatches)
 
 __all__ = ["TRAINER_KEYS", "RELEASED_SWITCHES", "Entry", "is_pamm_checkpoint", "pamm_tasks", "pamm_layout",
            "official_to_ours", "ours_to_official", "released_config", "config_for_checkpoint",
@@ -271,13 +272,8 @@ def ours_to_official(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
     """A state dict of ``model`` in the official format ``{'model': {"module.<key>": tensor}}``, in the official order,
     as the official code loads it (``strict=True``): the local-conv MoE as zeros, the priors left out.
     ``state_dict`` must hold exactly ``model``'s keys and shapes."""
-    own = model.state_dict(keep_vars=True)
     given = {k.removeprefix(DDP_PREFIX): v for k, v in state_dict.items()}
-    missing = [k for k in own if k not in given]
-    unexpected = [k for k in given if k not in own]
-    problems = [f"{k} {tuple(v.shape)}, model {tuple(own[k].shape)}" for k, v in given.items()
-                if k in own and v.shape != own[k].shape]
-    raise_key_mismatches("state dict vs this model", missing, unexpected, problems, "unmapped")
+    check_keys_and_shapes(given, model.state_dict(keep_vars=True), "state dict vs this model", "unmapped")
     out = {}
     for e in pamm_layout(model):
         if e.ours is None:
