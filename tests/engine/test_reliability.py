@@ -213,6 +213,8 @@ def test_run_records_infer_and_changed_resume(data_root, tmp_path, capsys):
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("error: ConfigError") and "max_iter: 2 -> 8" in line \
         and "optimizer_kwargs.lr: 0.0002 -> 0.5" in line and "--apply_config_changes" in line
+    log = (run / "log.txt").read_text()                                  # the traceback goes to log.txt
+    assert "Traceback (most recent call last)" in log and "utils.config.ConfigError: the config differs" in log
     assert (run / "config.yaml").read_text() == recorded and load_checkpoint(run / "checkpoints" / "last.pth")[
         "iteration"] == 2
 
