@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trained_model", help="checkpoint to evaluate (infer) or predict with (predict)")
     parser.add_argument("--inputs", nargs="+", default=[], metavar="PATH",
                         help="predict: image files, folders and glob patterns (PNG, JPEG, BMP, WebP)")
+    parser.add_argument("--events", nargs="+", default=[], metavar="PATH",
+                        help="predict, image + event models: event files named like the images (.npy voxel grid, "
+                             ".npz / .h5 with x, y, t, p), folders or glob patterns")
     parser.add_argument("--out", help="predict: output folder")
     parser.add_argument("--batch", type=int, default=1, help="predict: images per forward pass")
     parser.add_argument("--save_raw", action="store_true", help="predict: also write the network outputs as .npy")
@@ -65,8 +68,8 @@ def run(args: argparse.Namespace, run_dir_box: list[Path]) -> int:
             return 128 + trainer.stop_signal if trainer.stop_signal else 0
         if args.run_mode == "predict":
             from evaluation.predict import predict
-            predict(cfg, args.trained_model, args.inputs, run_dir, batch_size=args.batch, save_raw=args.save_raw,
-                    device=info.device)
+            predict(cfg, args.trained_model, args.inputs, run_dir, events=args.events, batch_size=args.batch,
+                    save_raw=args.save_raw, device=info.device)
             return 0
         from evaluation.evaluator import infer
         infer(cfg, args.trained_model, run_dir, info.device)

@@ -276,3 +276,65 @@ def test_two_ranks_write_the_same_files_once(nyud, tmp_path):
     assert trees[1].keys() == trees[2].keys() and len(trees[1]) == 5 * (4 * 2 + 2 + 1) + 2
     for path, data in trees[1].items():
         assert trees[2][path] == data, path
+
+
+# --------------------------------------------------------------------------------------------------------
+# Image + event models (MambaSeg)
+
+MAMBASEG = REPO / "configs" / "mambaseg_ddd17.yml"
+MAMBASEG_TINY = ["TRAIN.SCALE=[26,34]", "TEST.SCALE=[26,34]", "model.mambaseg.dims=[16,16,32,32]",
+                 "model.mambaseg.depths=[1,1,1,1]", "model.mambaseg.head_dim=16", "model.encoder_drop_path_rate=0",
+                 "nworkers=0"]
+
+
+def test_mambaseg_pairs_frames_with_event_files(tmp_path):
+    """Frames with a .npy grid, a .npz and an .h5 event window: outputs of each frame's size, the predictions of a
+    direct forward pass at the built size, a panel with the event picture; missing pairs are named."""
+    import h5py
+
+    from data.events import voxel_grid
+    from utils.visualize import event_image
+
+    cfg = load_config(MAMBASEG, MAMBASEG_TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "mambaseg.pth")
+    rng = np.random.default_rng(0)
+    frames, events = tmp_path / "frames", tmp_path / "events"
+    frames.mkdir(), events.mkdir()
+    grey = rng.integers(0, 256, (26, 34), dtype=np.uint8)
+    Image.fromarray(grey).save(frames / "a.png")                            # at the built size
+    grid = rng.normal(size=(10, 26, 34)).astype(np.float32)
+    np.save(events / "a.npy", grid)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(frames / "b.png")   # another size
+    n = 500
+    window = {"x": rng.uniform(0, 50, n), "y": rng.uniform(0, 40, n), "t": np.sort(rng.integers(0, 10**6, n)),
+              "p": rng.integers(0, 2, n)}
+    np.savez(events / "b.npz", **window)
+    Image.fromarray(grey).save(frames / "c.png")
+    with h5py.File(events / "c.h5", "w") as f:
+        for k in ("x", "y", "t", "p"):
+            f[f"events/{k}"] = window[k][:300] * (26 / 40 if k == "y" else 34 / 50 if k == "x" else 1)
+
+    out = tmp_path / "out"
+    summary = predict(cfg, tmp_path / "mambaseg.pth", [frames], out, events=[events], device=CPU)
+    assert [r["name"] for r in summary["images"]] == ["a", "b", "c"]
+    assert summary["images"][1]["resized_to"] == [26, 34] and summary["images"][0]["resized_to"] is None
+    assert read(out / "semseg" / "a.png").shape == (26, 34) and read(out / "semseg" / "b.png").shape == (40, 50)
+    with torch.no_grad():                                                  # frame a: grey in [0, 1], grid as given
+        logits = model(torch.from_numpy(grey).float()[None, None] / 255, torch.from_numpy(grid)[None])["semseg"]
+    np.testing.assert_array_equal(read(out / "semseg" / "a.png"), logits[0].argmax(0).numpy())
+    panel_a = read(out / "panels" / "a.png")
+    assert panel_a.shape[1] > 3 * 256                                       # frame | events | semseg
+    b_grid = voxel_grid(*(window[k] for k in ("x", "y", "t", "p")), 40, 50)
+    assert event_image(b_grid).shape == (3, 40, 50)
+    assert summary["images"][2]["events"].endswith("c.h5")
+
+    (events / "c.h5").unlink()
+    with pytest.raises(ValueError, match=r"no event file .* named like the frame\(s\) c\.png among --events"):
+        predict(cfg, tmp_path / "mambaseg.pth", [frames], out, events=[events], device=CPU)
+    with pytest.raises(ValueError, match="give the event file of each image with --events"):
+        predict(cfg, tmp_path / "mambaseg.pth", [frames], out, device=CPU)
+    np.save(events / "c.npy", grid[:, :20])
+    with pytest.raises(ValueError, match=r"c\.npy: a voxel grid of shape \(10, 26, 34\) .* got \(10, 20, 34\)"):
+        predict(cfg, tmp_path / "mambaseg.pth", [frames / "c.png"], out, events=[events], device=CPU)
