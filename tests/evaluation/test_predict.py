@@ -115,7 +115,7 @@ def test_any_size_and_mode_gives_outputs_of_the_input_size(nyud, tmp_path, caplo
             assert np.array_equal(np.load(out / t / f"{a}.npy"), np.load(out / t / f"{b}.npy")), (a, b, t)
     resized = {r["name"]: r["resized_to"] for r in summary["images"] if r["resized_to"]}
     assert resized == {"wide": [1, 32], "nyud480": [24, 32]}
-    assert "resized down to fit" in caplog.text and "wide (17x3000 -> 1x32)" in caplog.text
+    assert "resized to fit the model's input" in caplog.text and "wide (17x3000 -> 1x32)" in caplog.text
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for bad in ("notes.txt", "broken.png"):
         assert any(f"skipped {src / bad}" in m for m in warnings), bad
