@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from data import ShardSampler, fork_safe_opencv
 from data.transforms import PadImage, test_transforms
+from models.registry import batch_inputs, model_inputs
 from utils.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from utils.fileio import write_npy, write_text
 from utils.visualize import LABEL_TASKS, LabelSet, label_set, legend, panel, prediction_maps, save_image, save_task_maps
@@ -346,14 +347,14 @@ def predict(cfg: Any, checkpoint: str | os.PathLike, inputs: Sequence[str | os.P
     names = output_names(paths)
     device = init_distributed().device if device is None else device
     cfg, model, _ = load_trained_model(cfg, checkpoint, device)
-    model_inputs = tuple(getattr(model, "inputs", ("image",)))
-    unknown = [k for k in model_inputs if k not in PROVIDED_INPUTS]
+    inputs_of_model = model_inputs(model)
+    unknown = [k for k in inputs_of_model if k not in PROVIDED_INPUTS]
     if unknown:
-        raise ValueError(f"model.name={cfg.model.name!r} takes the inputs {list(model_inputs)}; predict provides "
+        raise ValueError(f"model.name={cfg.model.name!r} takes the inputs {list(inputs_of_model)}; predict provides "
                          f"{list(PROVIDED_INPUTS)} only (missing: {unknown})")
-    with_events = "events" in model_inputs
+    with_events = "events" in inputs_of_model
     if with_events != bool(events):
-        raise ValueError(f"model.name={cfg.model.name!r} takes the inputs {list(model_inputs)}: "
+        raise ValueError(f"model.name={cfg.model.name!r} takes the inputs {list(inputs_of_model)}: "
                          + ("give the event file of each image with --events" if with_events else
                             "--events is only for image + event models"))
     event_paths = pair_events(paths, events) if with_events else None
@@ -386,7 +387,7 @@ def predict(cfg: Any, checkpoint: str | os.PathLike, inputs: Sequence[str | os.P
             skipped += batch["skipped"]
             if batch["meta"]:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    preds = model(*[batch[k].to(device, non_blocking=True) for k in model_inputs])
+                    preds = model(*batch_inputs(model, batch, device))
                 for i, meta in enumerate(batch["meta"]):
                     records.append(_save_outputs({t: preds[t][i] for t in tasks}, meta, out_dir, labels, save_raw))
             bar.update(len(batch["meta"]) + len(batch["skipped"]))
