@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the test suite on the CPU: creates .venv in the repository root when missing,
 # installs requirements.txt into it, then runs pytest in $MTL_TEST_WORKERS processes (default 2, one per core of
-# the CI machine; 0 runs in this process). Extra arguments go to pytest.
+# the CI machine; 0 runs in this process; an idle process takes over tests queued for a busy one). Extra arguments
+# go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
@@ -10,4 +11,4 @@ workers="${MTL_TEST_WORKERS:-2}"
 if [ "$workers" = 0 ]; then
   exec .venv/bin/python -m pytest -q "$@"
 fi
-exec .venv/bin/python -m pytest -q -n "$workers" "$@"
+exec .venv/bin/python -m pytest -q -n "$workers" --dist worksteal "$@"

@@ -66,9 +66,10 @@ def test_table3_table4_parameter_counts(capsys):
 
 
 @pytest.mark.slow
-def test_table3_table4_flops(capsys):
-    model_stats.main(["--config_exp", *(str(ABL / name) for name in TABLE34)])
-    assert parse(capsys.readouterr().out)["gflops"] == [g for _, _, g in TABLE34.values()]
+@pytest.mark.parametrize("name", TABLE34)          # one row per test, so that parallel test processes share them
+def test_table3_table4_flops(name, capsys):
+    model_stats.main(["--config_exp", str(ABL / name)])
+    assert parse(capsys.readouterr().out)["gflops"] == [TABLE34[name][2]]
 
 
 def test_window_msa_mixes_within_windows_only():
@@ -122,10 +123,10 @@ def test_swin_decoder_blocks():
 
 
 @pytest.mark.slow
-def test_table2_flops(capsys):
-    rows = {name: g for name, (_, g) in TABLE2.items() if name != "table2_mtmamba.yml"}  # 540.81: test_flops.py
-    model_stats.main(["--config_exp", *(str(ABL / name) for name in rows)])
-    assert parse(capsys.readouterr().out)["gflops"] == list(rows.values())
+@pytest.mark.parametrize("name", [n for n in TABLE2 if n != "table2_mtmamba.yml"])   # 540.81: test_flops.py
+def test_table2_flops(name, capsys):
+    model_stats.main(["--config_exp", str(ABL / name)])
+    assert parse(capsys.readouterr().out)["gflops"] == [TABLE2[name][1]]
 
 
 @pytest.mark.slow

@@ -122,15 +122,14 @@ def test_predictions_are_upsampled_once_to_the_label_size():
 
 
 @pytest.mark.slow
-def test_full_size_parameters_and_flops(capsys):
+@pytest.mark.parametrize("model,params,flops,rounded", [("mtmamba", 252_271_688, 758_018_424_160, "758.02"),
+                                                        ("mtmamba_plus", 258_595_976, 747_631_181_248, "747.63")])
+def test_full_size_parameters_and_flops(model, params, flops, rounded, capsys):
     """At 512x1024, counting the upsampling of the predictions to 1024x2048 (computed here, not published): MTMamba
-    252,271,688 params, 758.02 GFLOPs; MTMamba++ 258,595,976, 747.63 (rounded; the paper's display rule truncates).
-    The encoder is traced once for both (utils.flops memoises it)."""
-    stats = model_stats.main(["--config_exp", str(CONFIGS["mtmamba"]), str(CONFIGS["mtmamba_plus"])])
-    assert stats == [{"params": 252_271_688, "flops": 758_018_424_160},
-                     {"params": 258_595_976, "flops": 747_631_181_248}]
-    out = capsys.readouterr().out
-    assert "gflops_rounded: 758.02\n" in out and "gflops_rounded: 747.63\n" in out
+    252,271,688 params, 758.02 GFLOPs; MTMamba++ 258,595,976, 747.63 (rounded; the paper's display rule truncates)."""
+    stats = model_stats.main(["--config_exp", str(CONFIGS[model])])
+    assert stats == [{"params": params, "flops": flops}]
+    assert f"gflops_rounded: {rounded}\n" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------------------
