@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models import build_model
+from models.ops.selective_scan import shapes_only
 from models.ss2d import SS2D
 from utils.config import load_config
 from utils.flops import count_flops, truncate
@@ -43,7 +44,8 @@ def test_scan_is_one_opaque_op_counted_by_its_handle():
     from fvcore.nn import FlopCountAnalysis      # without the handle, fvcore skips the scan op
     analysis = FlopCountAnalysis(model.eval(), torch.zeros(1, 3, 64, 96))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    assert real - analysis.total() == expected_scan
+    with shapes_only():                          # the skipped op's cost does not depend on what it computes
+        assert real - analysis.total() == expected_scan
 
 
 @pytest.mark.slow
