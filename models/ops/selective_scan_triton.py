@@ -95,6 +95,21 @@ def _adjoint_combine(q_l, a_l, v_l, q_e, a_e, v_e):
 
 
 @triton.jit
+def _softplus(x):
+    """F.softplus with threshold 20: log1p(exp(x)), and x itself above 20; log1p(e) as log(1 + e)·e / ((1 + e) - 1)."""
+    e = tl.exp(tl.minimum(x, 20.0))
+    one_e = 1.0 + e
+    return tl.where(x > 20.0, x, tl.where(one_e == 1.0, e, tl.log(one_e) * (e / (one_e - 1.0))))
+
+
+@triton.jit
+def _load_per_state(ptr, d, n_idx, stride_d, stride_n, mask_dn, COMPUTE: tl.constexpr):
+    """A (dim, N) matrix's rows for channels d as a (BLOCK_D, NP, 1) tile: A, or a time-invariant B or C."""
+    rows = tl.load(ptr + d[:, None] * stride_d + n_idx[None, :] * stride_n, mask=mask_dn, other=0.0)
+    return rows.to(COMPUTE)[:, :, None]
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, states_ptr,
     G, dg, L, N, n_chunks,
@@ -116,11 +131,11 @@ def _selective_scan_fwd_kernel(
     mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
     steps = tl.arange(0, CHUNK)
     is_last = (steps == CHUNK - 1)[None, None, :]
-    A = tl.load(A_ptr + d[:, None] * sA_d + n_idx[None, :] * sA_n, mask=mask_dn, other=0.0).to(COMPUTE)[:, :, None]
+    A = _load_per_state(A_ptr, d, n_idx, sA_d, sA_n, mask_dn, COMPUTE)
     if not B_VARIABLE:  # time-invariant (dim, N): (BLOCK_D, NP, 1)
-        B = tl.load(B_ptr + d[:, None] * sB_d + n_idx[None, :] * sB_n, mask=mask_dn, other=0.0).to(COMPUTE)[:, :, None]
+        B = _load_per_state(B_ptr, d, n_idx, sB_d, sB_n, mask_dn, COMPUTE)
     if not C_VARIABLE:
-        C = tl.load(C_ptr + d[:, None] * sC_d + n_idx[None, :] * sC_n, mask=mask_dn, other=0.0).to(COMPUTE)[:, :, None]
+        C = _load_per_state(C_ptr, d, n_idx, sC_d, sC_n, mask_dn, COMPUTE)
     if HAS_D:
         D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(COMPUTE)[:, None]
     if HAS_BIAS:
@@ -144,10 +159,8 @@ def _selective_scan_fwd_kernel(
         dt = tl.load(dt_rows + t * sdt_l, mask=mask, other=0.0).to(COMPUTE)
         if HAS_BIAS:
             dt += bias
-        if SOFTPLUS:  # F.softplus: log1p(exp(x)) up to the threshold 20; log1p(e) = log(1 + e)·e / ((1 + e) - 1)
-            e_dt = tl.exp(tl.minimum(dt, 20.0))
-            one_e = 1.0 + e_dt
-            dt = tl.where(dt > 20.0, dt, tl.where(one_e == 1.0, e_dt, tl.log(one_e) * (e_dt / (one_e - 1.0))))
+        if SOFTPLUS:
+            dt = _softplus(dt)
         dt = tl.where(mask, dt, 0.0)  # padding: decay 1, input 0, so the carry passes through unchanged
         if B_VARIABLE:  # (batch, G, N, L): (1, NP, CHUNK)
             B = tl.load(B_rows + t * sB_l, mask=mask_nt, other=0.0).to(COMPUTE)[None, :, :]
@@ -194,11 +207,11 @@ def _selective_scan_bwd_kernel(
     mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
     steps = tl.arange(0, CHUNK)
     is_first = (steps == 0)[None, None, :]
-    A = tl.load(A_ptr + d[:, None] * sA_d + n_idx[None, :] * sA_n, mask=mask_dn, other=0.0).to(COMPUTE)[:, :, None]
+    A = _load_per_state(A_ptr, d, n_idx, sA_d, sA_n, mask_dn, COMPUTE)
     if not B_VARIABLE:
-        B = tl.load(B_ptr + d[:, None] * sB_d + n_idx[None, :] * sB_n, mask=mask_dn, other=0.0).to(COMPUTE)[:, :, None]
+        B = _load_per_state(B_ptr, d, n_idx, sB_d, sB_n, mask_dn, COMPUTE)
     if not C_VARIABLE:
-        C = tl.load(C_ptr + d[:, None] * sC_d + n_idx[None, :] * sC_n, mask=mask_dn, other=0.0).to(COMPUTE)[:, :, None]
+        C = _load_per_state(C_ptr, d, n_idx, sC_d, sC_n, mask_dn, COMPUTE)
     if HAS_D:
         D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(COMPUTE)[:, None]
     if HAS_BIAS:
@@ -230,9 +243,7 @@ def _selective_scan_bwd_kernel(
             raw += bias
         dt = raw
         if SOFTPLUS:
-            e_dt = tl.exp(tl.minimum(raw, 20.0))
-            one_e = 1.0 + e_dt
-            dt = tl.where(raw > 20.0, raw, tl.where(one_e == 1.0, e_dt, tl.log(one_e) * (e_dt / (one_e - 1.0))))
+            dt = _softplus(raw)
         dt = tl.where(mask, dt, 0.0)
         dtu = dt * u
         dout = tl.load(dout_rows + t * sdo_l, mask=mask, other=0.0).to(COMPUTE)
