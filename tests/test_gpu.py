@@ -7,7 +7,6 @@ import torch
 
 from models import build_model
 from models.ops.selective_scan import available_backends
-from models.ss2d import SS2D
 from utils.config import load_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -15,33 +14,40 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def set_scan_backend(model, backend):
     for m in model.modules():
-        if isinstance(m, SS2D):
+        if hasattr(m, "scan_backend"):
             m.scan_backend = backend
+
+
+def full_precision(seed=0):
+    """Seeded, with TF32 off: backend comparisons then measure the scans, not the matmuls."""
+    torch.manual_seed(seed)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def assert_backend_matches_torch(model, inputs, backend, name):
+    """Every task's output with ``backend`` scans within 1e-4 relative of the torch backend's (model in eval)."""
+    outs = {}
+    with torch.no_grad():
+        for b in (backend, "torch"):
+            set_scan_backend(model, b)
+            outs[b] = model(*inputs)
+    for t in outs["torch"]:
+        a, ref = outs[backend][t], outs["torch"][t]
+        rel = ((a - ref).norm() / ref.norm()).item()
+        print(f"{name}, {t}: {backend} vs torch backend rel. error {rel:.2e}")
+        assert rel < 1e-4
+    set_scan_backend(model, backend)
 
 
 @pytest.mark.skipif("cuda" not in available_backends(), reason="needs the selective_scan_cuda extension")
 def test_full_mtmamba_nyud_on_gpu():
     """Full MTMamba (Swin-L, NYUD, 448×576): cuda and torch backends agree; a train step runs and is timed."""
-    torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    cfg = load_config("configs/mtmamba_nyud.yml", ["model.pretrained=false"])
-    model = build_model(cfg).cuda()
+    full_precision()
+    model = build_model(load_config("configs/mtmamba_nyud.yml", ["model.pretrained=false"])).cuda().eval()
     image = torch.randn(1, 3, 448, 576, device="cuda")
+    assert_backend_matches_torch(model, (image,), "cuda", "full model")
 
-    model.eval()
-    with torch.no_grad():
-        outs = {}
-        for backend in ("cuda", "torch"):
-            set_scan_backend(model, backend)
-            outs[backend] = model(image)
-    for t in outs["cuda"]:
-        a, b = outs["cuda"][t], outs["torch"][t]
-        rel = ((a - b).norm() / b.norm()).item()
-        print(f"full model, {t}: cuda vs torch backend rel. error {rel:.2e}")
-        assert rel < 1e-4
-
-    set_scan_backend(model, "cuda")
     model.train()
     torch.cuda.reset_peak_memory_stats()
     times = []
@@ -62,22 +68,11 @@ def test_full_mtmamba_nyud_on_gpu():
 def test_full_mambaseg_ddd17_on_gpu():
     """Full MambaSeg (DDD17, 200×346; d_state 1 encoder scans, channel-axis TSSM scans): cuda and torch backends
     agree; a bf16 train step runs and is timed."""
-    torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    full_precision()
     model = build_model(load_config("configs/mambaseg_ddd17.yml", ["model.pretrained=false"])).cuda().eval()
     image, events = (x.cuda() for x in model.example_inputs(2))
     image.normal_(), events.normal_()
-    outs = {}
-    with torch.no_grad():
-        for backend in ("cuda", "torch"):
-            for m in model.modules():
-                if hasattr(m, "scan_backend"):
-                    m.scan_backend = backend
-            outs[backend] = model(image, events)["semseg"]
-    rel = ((outs["cuda"] - outs["torch"]).norm() / outs["torch"].norm()).item()
-    print(f"MambaSeg DDD17: cuda vs torch backend rel. error {rel:.2e}")
-    assert rel < 1e-4
+    assert_backend_matches_torch(model, (image, events), "cuda", "MambaSeg DDD17")
 
     model.train()
     times = []
@@ -115,23 +110,11 @@ def test_triton_matches_torch_on_gpu(layout, N, L, dtype):
 @needs_triton
 def test_full_mtmamba_nyud_triton_on_gpu():
     """Full MTMamba (Swin-L, NYUD, 448×576): triton and torch backends agree; a bf16 train step is finite."""
-    torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    full_precision()
     cfg = load_config("configs/mtmamba_nyud.yml", ["model.pretrained=false", "model.scan_backend=triton"])
     model = build_model(cfg).cuda().eval()
     image = torch.randn(1, 3, 448, 576, device="cuda")
-    with torch.no_grad():
-        outs = {}
-        for backend in ("triton", "torch"):
-            set_scan_backend(model, backend)
-            outs[backend] = model(image)
-    for t in outs["torch"]:
-        a, b = outs["triton"][t], outs["torch"][t]
-        rel = ((a - b).norm() / b.norm()).item()
-        print(f"full model, {t}: triton vs torch backend rel. error {rel:.2e}")
-        assert rel < 1e-4
-    set_scan_backend(model, "triton")
+    assert_backend_matches_torch(model, (image,), "triton", "full model")
     model.train()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(image)
