@@ -1,6 +1,7 @@
 """Run files: a failed write names the path (and the free space on a full disk), never leaves a half file."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 
 import numpy as np
@@ -11,28 +12,30 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.fileio import WriteError, remove_stale_temp_files, write_png, write_text
 
 
-def _mount_tmpfs(path, options: str):
+@contextlib.contextmanager
+def tmpfs(path, options: str):
+    """A tmpfs mounted at ``path`` for the block (skips the test where mounting is not allowed)."""
     path.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
     if proc.returncode:
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
 
 
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB file system."""
-    path = tmp_path / "small"
-    _mount_tmpfs(path, "size=1m")
-    yield path
-    subprocess.run(["umount", str(path)], check=True)
+    with tmpfs(tmp_path / "small", "size=1m") as path:
+        yield path
 
 
 @pytest.fixture
 def read_only(tmp_path):
-    path = tmp_path / "ro"
-    _mount_tmpfs(path, "ro,size=1m")
-    yield path
-    subprocess.run(["umount", str(path)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as path:
+        yield path
 
 
 def test_full_disk_save_names_path_and_free_space_and_keeps_the_old_file(full_disk):
