@@ -23,8 +23,8 @@ from models import build_model
 from scripts import convert_official_checkpoint as converter
 from scripts import model_stats
 from tests.engine.test_training import run_main
-from tests.test_official_checkpoints import (MANIFESTS, TINY, random_official_state_dict, randomize,
-                                             ref_official_decode)
+from tests.test_official_checkpoints import (MANIFESTS, TINY, assert_decoder_matches_official,
+                                             random_official_state_dict, randomize)
 from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, load_config
 from utils.flops import count_params
@@ -207,15 +207,7 @@ def test_two_task_decoder_computes_the_official_forward(kind):
     opts = [*TINY, "TRAIN.SCALE=[64,64]", "TEST.SCALE=[64,64]", "LABEL_SCALE=null"]
     torch.manual_seed(0)
     model = randomize(build_model(load_config(CONFIGS[kind], opts)).eval()).double()
-    official = {k.removeprefix("module."): v for k, v in ours_to_official(model.state_dict(), model)["model"].items()}
-    g = torch.Generator().manual_seed(0)
-    features = [torch.randn(1, c, 64 // s, 64 // s, generator=g, dtype=torch.float64)
-                for c, s in zip(model.encoder.channels, model.encoder.strides)]
-    with torch.no_grad():
-        got = model.decode(features, (128, 128))
-        want = ref_official_decode(features, official, ["semseg", "depth"], (128, 128))
-    for t in want:
-        torch.testing.assert_close(got[t], want[t])
+    assert_decoder_matches_official(model, ["semseg", "depth"], (128, 128))
 
 
 # --------------------------------------------------------------------------------------------------------

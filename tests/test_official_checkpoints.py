@@ -261,14 +261,19 @@ def test_exported_decoder_computes_the_official_forward(config, tasks):
     # our decoder and heads equal the official ones computed from the exported names: the decoder key mapping
     # pairs every module with its official counterpart (same-shape modules included, e.g. CTM gate and MFE in_proj)
     model = randomize(tiny_model(config, 0, ["TRAIN.SCALE=[64,64]", "TEST.SCALE=[64,64]", f"task_dictionary={tasks}"]))
-    model.double()
+    assert_decoder_matches_official(model.double(), model.tasks, (64, 64))
+
+
+def assert_decoder_matches_official(model, tasks, out_size):
+    """Our decoder and heads (float64) against the official forward computed from the exported state dict, on
+    random features of a 64×64 image."""
     official = {k.removeprefix("module."): v for k, v in ours_to_official(model.state_dict(), model)["model"].items()}
     g = torch.Generator().manual_seed(0)
     features = [torch.randn(1, c, 64 // s, 64 // s, generator=g, dtype=torch.float64)
                 for c, s in zip(model.encoder.channels, model.encoder.strides)]
     with torch.no_grad():
-        got = model.decode(features, (64, 64))
-        want = ref_official_decode(features, official, model.tasks, (64, 64))
+        got = model.decode(features, out_size)
+        want = ref_official_decode(features, official, tasks, out_size)
     for t in want:
         torch.testing.assert_close(got[t], want[t])
 

@@ -22,6 +22,7 @@ from models.ops.scan_orders import scan_order
 from models.ops.selective_scan import selective_scan_ref
 from models.pame import PAMELayer, draw_priors
 from scripts import convert_official_checkpoint as converter
+from tests.test_official_checkpoints import random_official_state_dict
 from utils.checkpoint import CheckpointError
 from utils.config import load_config
 from utils.official import checkpoint_model_state, config_for_checkpoint, is_official_checkpoint
@@ -60,23 +61,6 @@ def full_models():
     return models
 
 
-def random_official_state_dict(name, seed=0):
-    """Exactly the keys, order, shapes and dtypes of a released model's state dict, with random values (views of
-    one random pool at different offsets; the BatchNorm counters random integers)."""
-    entries, ints = MANIFESTS[name]["entries"], dict(MANIFESTS[name]["non_float32"])
-    g = torch.Generator().manual_seed(seed)
-    pool = torch.randn(max(math.prod(s) for _, s in entries) + len(entries), generator=g)
-    offsets = torch.randperm(len(entries), generator=g).tolist()
-    sd = {}
-    for (key, shape), offset in zip(entries, offsets):
-        if key in ints:
-            assert ints[key] == "int64"
-            sd[key] = torch.randint(0, 10**6, shape, generator=g)
-        else:
-            sd[key] = pool[offset:offset + math.prod(shape)].view(shape)
-    return sd
-
-
 # --------------------------------------------------------------------------------------------------------
 # The released NYUD and PASCAL models, full size
 
@@ -104,7 +88,7 @@ def test_released_layout_converts_strictly_and_exports_back(full_models, name):
     assert ["module." + e.official for e in layout] == [k for k, _ in entries]          # same keys, same order
     assert [list(e.shape) for e in layout] == [s for _, s in entries]
 
-    official = random_official_state_dict(name)
+    official = random_official_state_dict(MANIFESTS[name])
     checkpoint = {"optimizer": {"state": {}, "param_groups": []}, "scheduler": {"last_epoch": 7}, "model": official,
                   "epoch": 3, "iter_count": 40000}
     assert set(checkpoint) == TRAINER_KEYS and is_pamm_checkpoint(checkpoint)
