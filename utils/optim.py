@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS", "check_optimizer_kwargs", "build_optimizer", "build_scheduler",
-           "optimizer_arguments"]
+           "optimizer_arguments", "optimizer_kwargs"]
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 SCHEDULERS = ("poly", "constant")
@@ -60,12 +60,17 @@ def check_optimizer_kwargs(name: str, kwargs: Mapping[str, Any]) -> str | None:
     return None
 
 
-def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over all parameters in one group, as the official recipes do (weight decay on everything)."""
+def optimizer_kwargs(cfg: Any) -> dict[str, Any]:
+    """``cfg.optimizer_kwargs`` as the optimizer takes them (``betas`` a tuple)."""
     kwargs = dict(cfg.optimizer_kwargs)
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])
-    return OPTIMIZERS[cfg.optimizer](model.parameters(), **kwargs)
+    return kwargs
+
+
+def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over all parameters in one group, as the official recipes do (weight decay on everything)."""
+    return OPTIMIZERS[cfg.optimizer](model.parameters(), **optimizer_kwargs(cfg))
 
 
 def build_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

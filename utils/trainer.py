@@ -47,7 +47,7 @@ from utils.checkpoint import (load_checkpoint, load_model_state, preserved_rng, 
 from utils.config import AMP_DTYPES, RUNTIME_KEYS, ConfigError, config_diff, config_to_dict, save_config
 from utils.distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, get_rank, is_main_process
 from utils.fileio import remove_stale_temp_files, write_text
-from utils.optim import build_optimizer, build_scheduler
+from utils.optim import build_optimizer, build_scheduler, optimizer_kwargs
 from utils.visualize import prediction_grid
 
 __all__ = ["Trainer", "train"]
@@ -167,9 +167,7 @@ class Trainer:
     def _apply_config_changes(self, changes: dict[str, tuple]) -> None:
         """Make the optimizer and schedule follow the new config (their loaded state holds the old values), log
         the change and record it beside config.yaml."""
-        kwargs = dict(self.cfg.optimizer_kwargs)
-        if "betas" in kwargs:
-            kwargs["betas"] = tuple(kwargs["betas"])
+        kwargs = optimizer_kwargs(self.cfg)
         for group in self.optimizer.param_groups:
             group.update({k: v for k, v in kwargs.items() if k != "lr"})
             group["initial_lr"] = kwargs["lr"]
