@@ -103,6 +103,25 @@ def _softplus(x):
 
 
 @triton.jit
+def _program_tile(G, dg, N, BLOCK_D: tl.constexpr, NP: tl.constexpr):
+    """This program's batch (int64), group, channels d (int64, (BLOCK_D,)) with their mask, state indices (NP,) and
+    the (BLOCK_D, NP) mask: grid axis 0 is batch·G + group, axis 1 the block of channels within the group."""
+    pid = tl.program_id(0)
+    g = pid % G
+    d_in_group = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_in_group < dg
+    n_idx = tl.arange(0, NP)
+    mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
+    return (pid // G).to(tl.int64), g, (g * dg + d_in_group).to(tl.int64), mask_d, n_idx, mask_dn
+
+
+@triton.jit
+def _load_per_channel(ptr, d, mask_d, COMPUTE: tl.constexpr):
+    """A (dim,) vector's values for channels d as a (BLOCK_D, 1) column: D or delta_bias."""
+    return tl.load(ptr + d, mask=mask_d, other=0.0).to(COMPUTE)[:, None]
+
+
+@triton.jit
 def _load_per_state(ptr, d, n_idx, stride_d, stride_n, mask_dn, COMPUTE: tl.constexpr):
     """A (dim, N) matrix's rows for channels d as a (BLOCK_D, NP, 1) tile: A, or a time-invariant B or C."""
     rows = tl.load(ptr + d[:, None] * stride_d + n_idx[None, :] * stride_n, mask=mask_dn, other=0.0)
@@ -121,14 +140,7 @@ def _selective_scan_fwd_kernel(
 ):
     """Forward scan of one (batch, group, channel block) over (BLOCK_D, NP, CHUNK) tiles (channel, state, time);
     writes out and, with SAVE_STATES, the state entering every chunk."""
-    pid = tl.program_id(0)
-    b, g = pid // G, pid % G
-    b64 = b.to(tl.int64)
-    d_in_group = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_group < dg
-    d = (g * dg + d_in_group).to(tl.int64)
-    n_idx = tl.arange(0, NP)
-    mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
+    b64, g, d, mask_d, n_idx, mask_dn = _program_tile(G, dg, N, BLOCK_D, NP)
     steps = tl.arange(0, CHUNK)
     is_last = (steps == CHUNK - 1)[None, None, :]
     A = _load_per_state(A_ptr, d, n_idx, sA_d, sA_n, mask_dn, COMPUTE)
@@ -137,9 +149,9 @@ def _selective_scan_fwd_kernel(
     if not C_VARIABLE:
         C = _load_per_state(C_ptr, d, n_idx, sC_d, sC_n, mask_dn, COMPUTE)
     if HAS_D:
-        D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(COMPUTE)[:, None]
+        D = _load_per_channel(D_ptr, d, mask_d, COMPUTE)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(COMPUTE)[:, None]
+        bias = _load_per_channel(bias_ptr, d, mask_d, COMPUTE)
     state_ptrs = states_ptr + ((b64 * G * dg + d[:, None]) * n_chunks) * N + n_idx[None, :]
     # row starts: (BLOCK_D, 1) channel rows of u, delta, z, out; (NP, 1) state rows of input-dependent B, C
     u_rows = u_ptr + b64 * su_b + d[:, None] * su_d
@@ -196,15 +208,8 @@ def _selective_scan_bwd_kernel(
     dB, dC: input-dependent ones into (batch, G, N, L) buffers (stored, or atomically added when ATOMIC_BC),
     time-invariant ones as per-batch partials (batch, dim, N).
     """
-    pid = tl.program_id(0)
-    b, g = pid // G, pid % G
-    b64 = b.to(tl.int64)
+    b64, g, d, mask_d, n_idx, mask_dn = _program_tile(G, dg, N, BLOCK_D, NP)
     dim = G * dg
-    d_in_group = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_group < dg
-    d = (g * dg + d_in_group).to(tl.int64)
-    n_idx = tl.arange(0, NP)
-    mask_dn = mask_d[:, None] & (n_idx[None, :] < N)
     steps = tl.arange(0, CHUNK)
     is_first = (steps == 0)[None, None, :]
     A = _load_per_state(A_ptr, d, n_idx, sA_d, sA_n, mask_dn, COMPUTE)
@@ -213,9 +218,9 @@ def _selective_scan_bwd_kernel(
     if not C_VARIABLE:
         C = _load_per_state(C_ptr, d, n_idx, sC_d, sC_n, mask_dn, COMPUTE)
     if HAS_D:
-        D = tl.load(D_ptr + d, mask=mask_d, other=0.0).to(COMPUTE)[:, None]
+        D = _load_per_channel(D_ptr, d, mask_d, COMPUTE)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=mask_d, other=0.0).to(COMPUTE)[:, None]
+        bias = _load_per_channel(bias_ptr, d, mask_d, COMPUTE)
     per_state = (b64 * dim + d[:, None]) * N + n_idx[None, :]                 # (b, d, n) in (batch, dim, N)
     state_ptrs = states_ptr + ((b64 * dim + d[:, None]) * n_chunks) * N + n_idx[None, :]
     bc_rows = ((b64 * G + g) * N + n_idx[:, None]) * L                        # (b, g, n) in (batch, G, N, L)
