@@ -11,6 +11,8 @@ import json
 import logging
 import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -136,10 +138,16 @@ def evaluate_boundaries(dataset: str, db_root: str | Path, out_dir: str | Path, 
              None if source is None else str(source / f"{i}.png"),
              None if predictions is None else np.asarray(predictions[i]), stamp) for i in todo]
     if workers > 1 and len(jobs) > 1:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for n, _ in enumerate(pool.imap_unordered(_eval_one, jobs, chunksize=1), 1):
-                if n % 50 == 0 or n == len(jobs):
-                    logger.info("boundary %s: %d / %d images", mode, n, len(jobs))
+        # an executor, not a Pool: a worker that dies (out of memory, killed) raises instead of hanging the run
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            try:
+                for n, future in enumerate(as_completed([pool.submit(_eval_one, job) for job in jobs]), 1):
+                    future.result()
+                    if n % 50 == 0 or n == len(jobs):
+                        logger.info("boundary %s: %d / %d images", mode, n, len(jobs))
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"boundary {mode}: a worker process died ({e}); the images scored so far are "
+                                   f"kept in {per_image}, run again to resume") from e
     else:
         for job in jobs:
             _eval_one(job)

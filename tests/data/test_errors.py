@@ -83,7 +83,7 @@ def test_corrupt_image(nyud, pascal):
     with pytest.raises(DatasetError, match=rf"id 0002: cannot read {re.escape(str(path))}"):
         ds[0]
     # through DataLoader workers the message (id and path) reaches the main process
-    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_mil)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_mil, timeout=60)
     batches = iter(loader)
     with pytest.raises(DatasetError, match=r"id 0002: cannot read"):
         next(batches)

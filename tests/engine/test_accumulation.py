@@ -2,15 +2,14 @@
 over as many ranks), in float64; resume with accumulation stays bitwise exact."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 
 from data.synthetic import write_nyud
+from tests.processes import free_port, run_ranks
 from utils.config import load_config
 from utils.distributed import init_distributed
 from utils.trainer import Trainer
@@ -82,12 +81,6 @@ def test_accumulated_micro_batches_equal_the_large_batch(data_root, tmp_path):
     assert int(first["step"]) == STEPS
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, port: int, data_root: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), CUDA_VISIBLE_DEVICES="")
@@ -102,14 +95,8 @@ def _rank(rank: int, port: int, data_root: str, out: str) -> None:
 
 
 def test_two_ranks_times_two_micro_batches_equal_one_rank_times_four(data_root, tmp_path):
-    ctx = mp.get_context("fork")
-    port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, str(data_root), str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(300)
-    assert [p.exitcode for p in procs] == [0, 0]
+    port = free_port()
+    assert run_ranks(_rank, [(r, port, str(data_root), str(tmp_path)) for r in range(2)]) == [0, 0]
     single = _float64_trainer(data_root, tmp_path / "single", ["trBatch=1", "accum_steps=4"])
     for step in range(STEPS):
         single.step([_batch([s]) for s in _samples(step)])

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import signal
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ import main as cli
 import utils.checkpoint
 import utils.trainer
 from data.synthetic import write_nyud
+from tests.processes import free_port, run_ranks
 from utils.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,12 +38,6 @@ def data_root(tmp_path_factory):
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child(rank: int, world: int, port: int, argv: list[str], hook) -> None:
     for name in TORCHRUN_ENV:
         os.environ.pop(name, None)
@@ -58,23 +50,10 @@ def _child(rank: int, world: int, port: int, argv: list[str], hook) -> None:
     os._exit(code)
 
 
-def run_forked(argv: list[str], world: int = 1, hook=None, timeout: float = 300) -> list[int]:
+def run_forked(argv: list[str], world: int = 1, hook=None, timeout: float = 120) -> list[int]:
     """``main.main(argv)`` in ``world`` forked processes; returns their exit codes (-9 = SIGKILL)."""
-    ctx = mp.get_context("fork")
-    port = _free_port()
-    procs = [ctx.Process(target=_child, args=(r, world, port, argv, hook)) for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + timeout
-    while any(p.is_alive() for p in procs):
-        if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
-            for p in procs:                     # one rank died: stop the group, as torchrun does
-                if p.is_alive():
-                    p.kill()
-        time.sleep(0.05)
-    for p in procs:
-        p.join()
-    return [p.exitcode for p in procs]
+    port = free_port()
+    return run_ranks(_child, [(r, world, port, argv, hook) for r in range(world)], timeout)
 
 
 def _kill_self() -> None:

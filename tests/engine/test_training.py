@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 import main as cli
 from data.synthetic import write_nyud, write_pascal
+from tests.processes import free_port
 from utils.checkpoint import load_checkpoint
 from utils.config import load_config
 from utils.distributed import init_distributed
@@ -33,19 +33,13 @@ def data_root(tmp_path_factory):
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_main(args: list[str], nproc: int, tmp_path: Path) -> subprocess.CompletedProcess:
     """main.py under torchrun with ``nproc`` CPU processes (gloo), or as a plain process for nproc = 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                 f"--master_port={free_port()}"] if nproc else [sys.executable]
     proc = subprocess.run([*launcher, str(REPO / "main.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -143,7 +137,7 @@ def test_run_ablations_two_rows_end_to_end(data_root, tmp_path):
             *TINY[2:]]
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(REPO / "scripts/run_ablations.sh"), "table5_g", "--opts", *opts], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| table5_")]
     assert [r.split(" | ")[0] for r in rows] == ["| table5_g0_shared_only", "| table5_g1_task_only"]

@@ -1,5 +1,6 @@
 """Runner, image-list verdicts and the CLI on a tiny synthetic dataset (EVALUATION.md §7.1, §10.6)."""
 import json
+import os
 
 import cv2
 import numpy as np
@@ -64,6 +65,21 @@ def test_runner_matches_direct_computation_and_resumes(pascal, tmp_path):
     assert first.stat().st_mtime_ns == mtime and again["scores"] == res["scores"]
     proxy = evaluate_boundaries("pascal", root, out, pred_dir=results / "edge", mode="proxy")
     assert proxy["stamp"]["thresholds"] == "PROXY19" and "never comparable" in proxy["mode_description"]
+
+
+class _ExitsWhenUnpickled:
+    """A prediction whose arrival in a worker process ends that process, as the out-of-memory killer would."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(pascal, tmp_path):
+    root, _ = pascal
+    predictions = {i: _pred(_labels(k)) for k, i in enumerate(IDS)}
+    predictions[IDS[1]] = _ExitsWhenUnpickled()
+    with pytest.raises(RuntimeError, match=r"boundary fast: a worker process died .*run again to resume"):
+        evaluate_boundaries("pascal", root, tmp_path / "eval", predictions=predictions, mode="fast", workers=2)
 
 
 def test_cli(pascal, tmp_path, capsys):

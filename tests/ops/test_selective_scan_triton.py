@@ -102,7 +102,7 @@ def start_cases(cases: list[dict], folder: Path) -> tuple[subprocess.Popen, Path
 
 def finish_cases(started: tuple[subprocess.Popen, Path, Path]) -> list[dict]:
     proc, out, err = started
-    if proc.wait(timeout=900) != 0:
+    if proc.wait(timeout=240) != 0:
         raise RuntimeError(f"the interpreter run failed (exit {proc.returncode}):\n{err.read_text()[-6000:]}")
     return json.loads(out.read_text().strip().splitlines()[-1])
 
@@ -117,7 +117,12 @@ def interpreted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("triton_interpreter")
     runs = [(list(cases), start_cases(list(cases.values()), folder / kind))
             for kind, cases in (("kernels", kernels), ("models", models))]
-    return {name: result for names, started in runs for name, result in zip(names, finish_cases(started))}
+    try:
+        return {name: result for names, started in runs for name, result in zip(names, finish_cases(started))}
+    finally:
+        for _, (proc, _, _) in runs:       # after a failure or a timeout: no run left behind
+            proc.kill()
+            proc.wait()
 
 
 def test_interpreter_scan_is_triton_scan(interpreted):

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import utils.distributed as du
+from tests.processes import free_port, run_ranks
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -59,12 +58,6 @@ def test_rank_without_master_addr_explains(single_process_env, monkeypatch: pyte
         du.init_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(local_rank: int, world_size: int, port: int, out_dir: str) -> None:
     # what torchrun would set; CUDA hidden so both ranks use gloo on CPU even on a one-GPU machine
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
@@ -101,7 +94,9 @@ def _worker(local_rank: int, world_size: int, port: int, out_dir: str) -> None:
                     reason="torch.distributed with gloo is not available")
 def test_two_process_gloo(tmp_path: Path):
     world_size = 2
-    mp.spawn(_worker, args=(world_size, _free_port(), str(tmp_path)), nprocs=world_size, join=True)
+    port = free_port()
+    assert run_ranks(_worker, [(r, world_size, port, str(tmp_path)) for r in range(world_size)], timeout=120,
+                     start_method="spawn") == [0] * world_size
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     for r, res in enumerate(results):
         assert res["info"] == (r, 2, r, "cpu", True, r, 2, r == 0)
@@ -135,15 +130,8 @@ def _frozen_rank_worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_frozen_rank_is_named_after_the_timeout(tmp_path: Path):
-    ctx = mp.get_context("fork")
-    port = _free_port()
-    procs = [ctx.Process(target=_frozen_rank_worker, args=(r, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    procs[0].join(60)
-    for p in procs:
-        p.kill()
-        p.join()
+    port = free_port()
+    assert run_ranks(_frozen_rank_worker, [(r, port, str(tmp_path)) for r in range(2)], timeout=60) == [0, 0]
     waited, message = (tmp_path / "rank0.txt").read_text().split("\n", 1)
     assert float(waited) < 6                                  # the 2 s timeout, not forever
     assert "rank 0: not every rank reached the barrier within the timeout (dist_timeout)" in message
