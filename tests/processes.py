@@ -1,8 +1,9 @@
 """Rank processes for tests: a free port, and ranks that are always reaped, stop together and never hang the suite.
 
-Forked ranks copy the test process, including any lock another thread holds at that moment, which then stays locked
-for good in the child. ``run_ranks`` therefore forks only while no other Python thread runs (``conftest.py`` keeps
-tqdm's monitor thread off) and bounds every run by a deadline.
+Forked ranks copy the test process but none of its threads: a lock another thread holds at that moment stays locked
+for good in the child, and a child of a process whose OpenMP pool has run blocks in its first parallel op. So
+``run_ranks`` forks only while no other Python thread runs and torch uses one thread (``conftest.py`` sees to both),
+and bounds every run by a deadline.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import socket
 import threading
 import time
 from typing import Callable, Sequence
+
+import torch
 
 
 def free_port() -> int:
@@ -31,9 +34,14 @@ def run_ranks(target: Callable, rank_args: Sequence[tuple], timeout: float = 300
     When a rank exits with an error the others are killed, as torchrun does. A run still going after ``timeout``
     seconds is killed and raises TimeoutError naming the ranks that had not finished.
     """
-    if start_method == "fork" and _other_threads():
-        raise RuntimeError(f"refusing to fork with other threads alive ({', '.join(_other_threads())}): a lock one "
-                           f"of them holds would stay locked in the children")
+    if start_method == "fork":
+        threads = _other_threads()
+        if threads:
+            raise RuntimeError(f"refusing to fork with other threads alive ({', '.join(threads)}): a lock one of "
+                               f"them holds would stay locked in the children")
+        if torch.get_num_threads() > 1:
+            raise RuntimeError(f"refusing to fork with torch using {torch.get_num_threads()} threads: the children "
+                               f"would block in their first parallel op (torch.set_num_threads(1) first)")
     ctx = mp.get_context(start_method)
     procs = [ctx.Process(target=target, args=args) for args in rank_args]
     try:

@@ -15,8 +15,6 @@ from utils.flops import count_params
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import model_stats  # noqa: E402
 
-torch.set_num_threads(1)
-
 ABL = Path(__file__).resolve().parents[1] / "configs" / "ablations"
 SINGLE_TASK = [str(ABL / f"table2_single_task_{t}.yml") for t in ("semseg", "depth", "normals", "edge")]
 # Table 2 (NYUD, 448×576): exact parameter integers of MODELS.md §1.6 and the paper's truncated FLOPs

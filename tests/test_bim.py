@@ -19,8 +19,6 @@ from utils.checkpoint import load_checkpoint
 from utils.config import ConfigError, load_config
 from utils.flops import count_params
 
-torch.set_num_threads(1)
-
 ALL_ORDERS = tuple(TASK_ORDERS)          # task_first, position_first, task_first_rev, position_first_rev
 
 

@@ -31,8 +31,6 @@ from utils.flops import count_params
 from utils.official import (is_official_checkpoint, official_layout, official_model_name, official_tasks,
                             official_to_ours, ours_to_official)
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"mtmamba": REPO / "configs/mtmamba_cityscapes.yml",
            "mtmamba_plus": REPO / "configs/mtmamba_plus_cityscapes.yml"}

@@ -15,8 +15,6 @@ from models.encoders import (
     timm_to_mmseg_state_dict,
 )
 
-torch.set_num_threads(1)
-
 TINY = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4)
 
 

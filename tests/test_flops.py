@@ -14,8 +14,6 @@ from utils.flops import count_flops, truncate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import model_stats  # noqa: E402
 
-torch.set_num_threads(1)
-
 TINY = ["model.pretrained=false", "model.backbone=custom", "TRAIN.SCALE=[64,96]",
         "model.backbone_kwargs={embed_dim: 24, depths: [2, 2, 2, 2], num_heads: [1, 2, 3, 6], window_size: 4}"]
 

@@ -30,8 +30,6 @@ from utils.official import checkpoint_model_state, config_for_checkpoint
 from utils.flops import count_flops
 from utils.official_mambaseg import official_key_order, official_to_ours, ours_to_official
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"ddd17": REPO / "configs/mambaseg_ddd17.yml", "dsec": REPO / "configs/mambaseg_dsec.yml"}
 PARAMS = {"ddd17": 97_548_766, "dsec": 256_181_331}     # the official model's sum of numel (MAMBASEG.md §4)

@@ -12,8 +12,6 @@ from models.ss2d import SS2D
 from utils.config import ConfigError, load_config
 from utils.flops import count_params
 
-torch.set_num_threads(1)
-
 TINY = ["model.pretrained=false", "model.backbone=custom", "TRAIN.SCALE=[64,96]",
         "model.backbone_kwargs={embed_dim: 24, depths: [2, 2, 2, 2], num_heads: [1, 2, 3, 6], window_size: 4}"]
 

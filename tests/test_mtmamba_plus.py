@@ -17,8 +17,6 @@ from models.ops.selective_scan import selective_scan_ref
 from utils.config import load_config
 from utils.flops import count_params
 
-torch.set_num_threads(1)
-
 # a tiny MTMamba++ on a tiny Swin: 64x96 input, decoder widths 64/32/16
 TINY = ["model.pretrained=false", "model.backbone=custom", "TRAIN.SCALE=[64,96]", "TEST.SCALE=[64,96]",
         "model.backbone_kwargs={embed_dim: 16, depths: [2, 2, 2, 2], num_heads: [1, 1, 2, 2], window_size: 4}"]

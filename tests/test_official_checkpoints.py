@@ -35,8 +35,6 @@ from utils.official import (
     ours_to_official,
 )
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = json.loads((REPO / "tests/assets/official_state_dict_manifests.json").read_text())["models"]
 NAMES = list(MANIFESTS)          # mtmamba_nyud, mtmamba_pascal, mtmamba_plus_nyud, mtmamba_plus_pascal

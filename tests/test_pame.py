@@ -22,8 +22,6 @@ from utils.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from utils.config import ConfigError, load_config
 from utils.flops import count_params
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 SWIN_TINY = ["model.backbone=custom", "model.pretrained=false",
              "model.backbone_kwargs={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4}"]

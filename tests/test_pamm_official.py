@@ -36,8 +36,6 @@ from utils.official_pamm import (
     pamm_tasks,
 )
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = json.loads((REPO / "tests/assets/pamm_state_dict_manifests.json").read_text())
 FAITHFUL = {"pamm_nyud": ("configs/ablations/pame_code_faithful.yml", ["model.pame.backbone_dim=768"]),

@@ -35,8 +35,6 @@ from utils.config import ConfigError, load_config
 from utils.distributed import init_distributed
 from utils.trainer import Trainer
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = json.loads((REPO / "tests/assets/official_state_dict_manifests.json").read_text())["models"]
 

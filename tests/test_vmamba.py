@@ -15,8 +15,6 @@ from models.execution import set_exec_mode
 from models.ops.selective_scan import available_backends
 from models.vmamba import VMambaEncoder, VSSBlock, select_pretrained
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = json.loads((REPO / "tests/assets/mambaseg_state_dict_manifests.json").read_text())
 CPU_BACKENDS = [b for b in available_backends() if b != "cuda"]

@@ -11,8 +11,6 @@ from evaluation.miou import MIoUMeter
 from evaluation.normals import NormalsMeter
 from evaluation.saliency import SAL_THRESHOLDS, SaliencyMeter
 
-torch.set_num_threads(1)
-
 
 def _halves(meter_cls, kwargs, preds, gts):
     whole, a, b = meter_cls(**kwargs), meter_cls(**kwargs), meter_cls(**kwargs)

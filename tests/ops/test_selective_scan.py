@@ -11,8 +11,6 @@ import torch.nn.functional as F
 import models.ops.selective_scan as scan_ops
 from models.ops.selective_scan import SCAN_FUNCTION_NAMES, available_backends, selective_scan, selective_scan_ref
 
-torch.set_num_threads(1)
-
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 # B/C layouts: grouped (batch, G, N, L); 3d (batch, N, L); const (dim, N); mixed: grouped B with a time-invariant C
 LAYOUTS = ("grouped", "3d", "const", "mixed")

@@ -1,10 +1,11 @@
-"""tests/processes.py: rank processes stop together, a deadline ends a stuck run, and no fork beside a thread."""
+"""tests/processes.py: ranks stop together, a deadline ends a stuck run, no fork beside a thread or thread pool."""
 import os
 import signal
 import threading
 import time
 
 import pytest
+import torch
 
 from tests.processes import run_ranks
 
@@ -35,3 +36,12 @@ def test_no_fork_while_another_thread_runs():
     finally:
         stop.set()
         thread.join()
+
+
+def test_no_fork_while_torch_uses_several_threads():
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(RuntimeError, match=r"refusing to fork with torch using 2 threads"):
+            run_ranks(_exit_after, [(0, 0.0)])
+    finally:
+        torch.set_num_threads(1)
