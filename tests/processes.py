@@ -48,19 +48,15 @@ def run_ranks(target: Callable, rank_args: Sequence[tuple], timeout: float = 300
         for p in procs:
             p.start()
         deadline = time.monotonic() + timeout
-        while any(p.is_alive() for p in procs):
+        while any(p.is_alive() for p in procs) and all(p.exitcode in (None, 0) for p in procs):
             if time.monotonic() > deadline:
                 running = [r for r, p in enumerate(procs) if p.is_alive()]
                 raise TimeoutError(f"ranks {running} still running after {timeout:g} s (killed)")
-            if any(p.exitcode not in (None, 0) for p in procs):
-                for p in procs:
-                    if p.is_alive():
-                        p.kill()
             time.sleep(0.05)
-        return [p.exitcode for p in procs]
-    finally:
+    finally:                                    # a failed rank, a deadline or an error here: stop the rest
         for p in procs:
             if p.is_alive():
                 p.kill()
             if p.pid is not None:
                 p.join()
+    return [p.exitcode for p in procs]
